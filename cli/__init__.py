@@ -1,0 +1,35 @@
+"""The `e4t` command: a thin dispatcher that imports each subcommand's package only when used."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# group -> (module with main(argv) -> int, one-line help)
+COMMANDS = {
+    "shards": ("shards.cli", "build, synthesize and check WebDataset shards"),
+    "pretrain": ("pretrain.cli", "train the embedded base or a domain pack (DeepSpeed)"),
+    "serve": ("serve.cli", "run the gRPC server"),
+    "client": ("serve.client_cli", "call a running server: personalize, generate, list, get, delete"),
+    "demo": ("cli.demo", "the whole flow on the embedded default, writing a grid of results"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: e4t <command> [options]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "e4t <command> --help for the options of one command"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"e4t: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)

@@ -1,0 +1,100 @@
+"""Loading a base model: any Stable Diffusion 1.x / 2.x diffusers folder, the embedded one included."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline
+
+from e4t.errors import InvalidInput, NotFound
+
+_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+@dataclass
+class Base:
+    """A frozen text-to-image base. Its modules are shared by every request and never mutated,
+    except for the LoRA adapters that `e4t.offsets` manages on the UNet."""
+
+    pipe: StableDiffusionPipeline
+    path: Path
+    hash: str
+
+    @property
+    def unet(self):
+        return self.pipe.unet
+
+    @property
+    def vae(self):
+        return self.pipe.vae
+
+    @property
+    def text_encoder(self):
+        return self.pipe.text_encoder
+
+    @property
+    def tokenizer(self):
+        return self.pipe.tokenizer
+
+    @property
+    def scheduler(self):
+        return self.pipe.scheduler
+
+    @property
+    def resolution(self) -> int:
+        return self.unet.config.sample_size * self.pipe.vae_scale_factor
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+
+def folder_hash(path: str | Path) -> str:
+    """sha256 over the weights and configs of a diffusers folder (file names and bytes, sorted)."""
+    root = Path(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in {".json", ".txt", ".safetensors"}):
+        if f.name == "embedded.json":  # training notes, not the model
+            continue
+        h.update(str(f.relative_to(root)).encode())
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def load_base(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Base:
+    """Load a Stable Diffusion diffusers folder (model_index.json, unet, vae, text_encoder, tokenizer, scheduler).
+
+    Weights are read from the folder only (never from a hub) and must be safetensors.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise NotFound(f"base model folder {str(root)!r} does not exist")
+    index_file = root / "model_index.json"
+    if not index_file.is_file():
+        raise InvalidInput(f"{str(root)!r} is not a diffusers pipeline folder: model_index.json is missing")
+    index = json.loads(index_file.read_text())
+    missing = [c for c in _COMPONENTS if c not in index or not (root / c).is_dir()]
+    if missing:
+        raise InvalidInput(
+            f"{str(root)!r} is not a Stable Diffusion folder: missing component(s) {', '.join(missing)}"
+        )
+    if index.get("_class_name") not in {"StableDiffusionPipeline", None}:
+        raise InvalidInput(
+            f"{str(root)!r} holds a {index.get('_class_name')}; only StableDiffusionPipeline (SD 1.x / 2.x) is supported"
+        )
+    pipe = StableDiffusionPipeline.from_pretrained(
+        root, local_files_only=True, use_safetensors=True, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False, dtype=dtype,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    pipe.to(device)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.requires_grad_(False)
+        module.eval()
+    return Base(pipe=pipe, path=root, hash=folder_hash(root))

@@ -1,0 +1,92 @@
+"""Generation from prompts that name concepts, on the shared base."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+from PIL import Image
+
+from e4t.base import Base
+from e4t.concept import Concept
+from e4t.errors import Cancelled, InvalidInput, NotFound
+from e4t.offsets import activate_offsets
+from e4t.pack import DomainPack
+from e4t.prompts import encode_prompts, find_concept_ids
+
+
+def generate(
+    base: Base,
+    packs: Mapping[str, DomainPack],
+    concepts: Mapping[str, Concept],
+    prompt: str,
+    *,
+    negative_prompt: str = "",
+    num_images: int = 4,
+    steps: int = 25,
+    guidance: float = 7.5,
+    seed: int = 0,
+    on_image: Callable[[int, Image.Image], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[Image.Image]:
+    """Images for `prompt`; braced ids name entries of `concepts`. Image i uses seed `seed + i`.
+
+    Images are produced one by one so that `on_image(i, image)` can stream each as it is done.
+    """
+    # 1. check inputs
+    if not prompt.strip():
+        raise InvalidInput("`prompt` is empty")
+    if num_images < 1:
+        raise InvalidInput(f"`num_images` must be at least 1, got {num_images}")
+    if steps < 1:
+        raise InvalidInput(f"`steps` must be at least 1, got {steps}")
+    if guidance < 0:
+        raise InvalidInput(f"`guidance` must be non-negative, got {guidance}")
+
+    # 2. resolve the concepts the prompts name
+    named = find_concept_ids(prompt) + find_concept_ids(negative_prompt)
+    missing = [i for i in named if i not in concepts]
+    if missing:
+        raise NotFound(f"unknown concept(s): {', '.join(missing)}")
+    used = [concepts[i] for i in dict.fromkeys(named)]
+    for c in used:
+        if c.base_hash != base.hash:
+            raise InvalidInput(f"concept {c.id} was made for base {c.base_hash}; this base is {base.hash}")
+        if c.domain not in packs:
+            raise NotFound(f"concept {c.id} belongs to domain {c.domain!r}, which is not loaded")
+
+    # 3. encode the prompts with the concepts' embeddings spliced in
+    embeddings = {c.id: c.embedding for c in used}
+    with torch.no_grad():
+        prompt_embeds = encode_prompts(base.text_encoder, base.tokenizer, [prompt], embeddings)
+        negative_embeds = encode_prompts(base.text_encoder, base.tokenizer, [negative_prompt], embeddings)
+
+    # 4. activate the concepts' weight offsets (averaged when several)
+    unet = base.unet
+    if used:
+        configs = {packs[c.domain].offset_config for c in used}
+        if len(configs) > 1:
+            raise InvalidInput("concepts in one prompt must come from packs with the same offset layout")
+        activate_offsets(unet, configs.pop(), [c.offsets(packs[c.domain]) for c in used])
+
+    # 5. denoise, one image at a time
+    def check_cancel(pipe, i, t, kwargs):
+        if should_stop is not None and should_stop():
+            raise Cancelled("generation was cancelled")
+        return kwargs
+
+    images = []
+    try:
+        for i in range(num_images):
+            generator = torch.Generator(device="cpu").manual_seed(seed + i)
+            image = base.pipe(
+                prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds, num_inference_steps=steps,
+                guidance_scale=guidance, generator=generator, output_type="pil", callback_on_step_end=check_cancel,
+            ).images[0]
+            images.append(image)
+            if on_image is not None:
+                on_image(i, image)
+    finally:
+        if used:
+            unet.disable_adapters()
+    return images

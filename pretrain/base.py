@@ -1,0 +1,448 @@
+"""`e4t pretrain base`: train the embedded base (tokenizer, VAE, text encoder, UNet) from scratch.
+
+Launch (one process, CPU; the embedded base is small enough that one machine suffices):
+
+    e4t pretrain base --shards shards/faces --shards shards/art --out models/base --preset default
+
+The recipe is a list of stages. Each one writes into `OUT/work/<stage>/`, checkpoints while
+it trains (rerunning after a kill resumes from the last checkpoint), and stamps itself
+(`stage.json`) with a hash of its inputs (shard manifests, earlier stages) and config, so a
+rerun with unchanged inputs skips it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from diffusers.training_utils import EMAModel
+from PIL import Image, ImageDraw
+from safetensors.torch import load_file, save_file
+from shards.reader import make_pipeline, shard_urls
+from tqdm.auto import tqdm
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from pretrain.arch import (
+    DEFAULT,
+    BaseArch,
+    build_scheduler,
+    build_text_encoder,
+    build_unet,
+    build_vae,
+    save_pipeline,
+)
+from pretrain.arch import train_tokenizer as _train_bpe
+from pretrain.checkpoint import (
+    capture_rng,
+    clear_stamp,
+    config_hash,
+    file_sha256,
+    load_checkpoint,
+    read_stamp,
+    restore_rng,
+    save_checkpoint,
+    seed_everything,
+    stage_done,
+    write_stamp,
+)
+from shards.synth import DOMAINS
+
+StepCallback = Callable[[str, int], None]
+
+
+@dataclass(frozen=True)
+class BaseTrainConfig:
+    """How the embedded base is trained. Fields prefixed `vae_` / `unet_` belong to one stage."""
+
+    vae_steps: int = 1500
+    vae_batch_size: int = 32
+    vae_lr: float = 1e-3
+    vae_warmup: int = 100
+    vae_kl_weight: float = 1e-6
+    vae_l1_weight: float = 1.0
+    unet_steps: int = 4000
+    unet_batch_size: int = 32
+    unet_lr: float = 5e-4
+    unet_warmup: int = 200
+    unet_caption_dropout: float = 0.1
+    unet_ema: bool = True
+    unet_ema_max_decay: float = 0.999
+    grad_clip: float = 1.0
+    weight_decay: float = 1e-2
+    seed: int = 0
+    # Not part of any stage's hash: changing them never invalidates finished work.
+    checkpoint_every: int = 250
+    sample_every: int = 0
+    # What the shipped folder holds, and how samples.png is drawn.
+    dtype: str = "float16"
+    sample_steps: int = 25
+    guidance_scale: float = 7.5
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float32", "float16"):
+            raise ValueError(f"`dtype` must be 'float32' or 'float16' but is {self.dtype!r}.")
+        for name in ("vae_steps", "unet_steps", "vae_batch_size", "unet_batch_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be a positive integer but is {getattr(self, name)}.")
+
+    def subset(self, *prefixes: str) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name.startswith(prefixes)}
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> BaseTrainConfig:
+        if name not in PRESETS:
+            raise ValueError(f"`preset` must be one of {sorted(PRESETS)} but is {name!r}.")
+        return replace(PRESETS[name], **overrides)
+
+
+PRESETS: dict[str, BaseTrainConfig] = {
+    "tiny": BaseTrainConfig(
+        vae_steps=3, vae_batch_size=8, vae_warmup=1, unet_steps=4, unet_batch_size=8, unet_warmup=1,
+        checkpoint_every=2, sample_steps=2, dtype="float32",
+    ),
+    "default": BaseTrainConfig(),
+}
+_TRAIN_KEYS = ("grad_clip", "weight_decay", "seed")
+
+
+def train_base(
+    shards: list[str | Path],
+    out: Path,
+    *,
+    arch: BaseArch = DEFAULT,
+    cfg: BaseTrainConfig,
+    progress: bool = True,
+    callback: StepCallback | None = None,
+) -> Path:
+    """Train the embedded base on the `base` split of `shards` (one dir per domain) into the folder `out`.
+
+    `callback(stage, step)` runs after every optimizer step (after any checkpoint at that step).
+    Returns `out`, a plain `StableDiffusionPipeline` folder with `embedded.json` and `samples.png`.
+    """
+    # 0. inputs: every shard dir must carry a manifest; their hashes key every stage
+    out, work = Path(out), Path(out) / "work"
+    dirs = [Path(d) for d in shards]
+    if not dirs:
+        raise ValueError("`shards` must name at least one shard directory but is empty.")
+    for d in dirs:
+        if not (d / "manifest.json").is_file():
+            raise FileNotFoundError(f"Shard directory {d} should contain manifest.json but does not.")
+    inputs = {str(d.resolve()): file_sha256(d / "manifest.json") for d in dirs}
+    manifests = [json.loads((d / "manifest.json").read_text()) for d in dirs]
+    urls = [u for d in dirs for u in shard_urls(d)]
+    torch.set_num_threads(os.cpu_count() or 1)
+    data = _Data(urls, arch, cfg)
+    timings: dict[str, float] = {}
+
+    def run_stage(name: str, key: str, body: Callable[[Path], dict[str, Any]]) -> Path:
+        stage_dir = work / name
+        if stage_done(stage_dir, key):
+            timings[name] = read_stamp(stage_dir).get("seconds", 0.0)
+            if progress:
+                tqdm.write(f"[pretrain base] {name}: up to date, skipped")
+            return stage_dir
+        clear_stamp(stage_dir)
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        info = body(stage_dir)
+        timings[name] = round(time.perf_counter() - t0, 2)
+        write_stamp(stage_dir, key, {"seconds": timings[name], **info})
+        return stage_dir
+
+    # 1. tokenizer: BPE on every caption of the base split, plus the domains' class words
+    tok_key = config_hash({"stage": 1, "inputs": inputs, "arch": [arch.vocab_merges, arch.max_tokens]})
+    tok_dir = run_stage("1-tokenizer", tok_key, lambda d: _stage_tokenizer(d, data, manifests, arch))
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+
+    # 2. VAE, then its scaling factor so that scaled latents have unit variance
+    vae_arch = [arch.image_size, arch.latent_channels, list(arch.vae_channels)]
+    vae_key = config_hash({"stage": 2, "inputs": inputs, "arch": vae_arch, "cfg": cfg.subset("vae_", *_TRAIN_KEYS)})
+    vae_dir = run_stage("2-vae", vae_key, lambda d: _stage_vae(d, vae_key, data, arch, cfg, progress, callback))
+    vae = AutoencoderKL.from_pretrained(vae_dir / "model")
+
+    # 3. latent cache: the whole base split encoded once; the UNet stage reads only this
+    cache_key = config_hash({"stage": 3, "vae": vae_key})
+    cache_dir = run_stage("3-latents", cache_key, lambda d: _stage_latents(d, data, vae, progress))
+
+    # 4. UNet and text encoder, jointly, from scratch
+    unet_key = config_hash(
+        {"stage": 4, "tokenizer": tok_key, "latents": cache_key, "arch": arch.to_json(),
+         "cfg": cfg.subset("unet_", *_TRAIN_KEYS)}
+    )
+    unet_dir = run_stage(
+        "4-unet", unet_key,
+        lambda d: _stage_unet(d, unet_key, cache_dir, tokenizer, vae, arch, cfg, progress, callback),
+    )
+
+    # 5. the shipped folder: a plain StableDiffusionPipeline, then samples.png drawn from it
+    save_key = config_hash({"stage": 5, "unet": unet_key, "cfg": [cfg.dtype, cfg.sample_steps, cfg.guidance_scale]})
+
+    def save(stage_dir: Path) -> dict[str, Any]:
+        unet = UNet2DConditionModel.from_pretrained(unet_dir / "unet")
+        text_encoder = CLIPTextModel.from_pretrained(unet_dir / "text_encoder")
+        extra = {
+            "training": asdict(cfg), "inputs": inputs, "timings": timings,
+            "world_version": sorted({m.get("world_version") for m in manifests}, key=str),
+            "steps": {"vae": cfg.vae_steps, "unet": cfg.unet_steps},
+        }
+        save_pipeline(out, tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, unet=unet, arch=arch,
+                      dtype=getattr(torch, cfg.dtype), extra=extra)
+        pipe = StableDiffusionPipeline.from_pretrained(out, local_files_only=True, torch_dtype=torch.float32)
+        prompts = json.loads((cache_dir / "prompts.json").read_text())
+        sample_grid(pipe, prompts, out / "samples.png", steps=cfg.sample_steps, guidance=cfg.guidance_scale,
+                    seed=cfg.seed, progress=progress)
+        return {"samples": str(out / "samples.png")}
+
+    run_stage("5-save", save_key, save)
+    return out
+
+
+class _Data:
+    """The base split of the shards, as the reader streams it."""
+
+    def __init__(self, urls: list[str], arch: BaseArch, cfg: BaseTrainConfig):
+        self.urls, self.arch, self.cfg = urls, arch, cfg
+
+    def once(self, batch_size: int) -> Iterator[dict]:
+        return iter(make_pipeline(self.urls, batch_size=batch_size, image_size=self.arch.image_size,
+                                  splits=["base"], shuffle=0, seed=self.cfg.seed))
+
+    def forever(self, batch_size: int, seed: int) -> Iterator[dict]:
+        while True:  # resampled streams are endless; this loop only guards against an early end
+            yield from make_pipeline(self.urls, batch_size=batch_size, image_size=self.arch.image_size,
+                                     splits=["base"], resampled=True, shuffle=1000, seed=seed)
+            seed += 1
+
+
+def _stage_tokenizer(stage_dir: Path, data: _Data, manifests: list[dict], arch: BaseArch) -> dict[str, Any]:
+    captions, class_words = [], {m["class_word"] for m in manifests if m.get("class_word")}
+    class_words |= {DOMAINS[m["domain"]].CLASS_WORD for m in manifests if m.get("domain") in DOMAINS}
+    for batch in data.once(256):
+        captions += batch["caption"]
+        class_words |= {m["class_word"] for m in batch["meta"] if m.get("class_word")}
+    if not captions:
+        raise ValueError(f"The shards {data.urls[:3]}... should hold samples of the `base` split but hold none.")
+    # Repeating each class word makes it one token, as E4T's placeholder init expects.
+    tokenizer = _train_bpe(captions + [" ".join([w] * 16) for w in sorted(class_words)], stage_dir, arch)
+    single = {w: len(tokenizer(w, add_special_tokens=False).input_ids) == 1 for w in class_words}
+    return {"captions": len(captions), "vocab": len(tokenizer), "class_words": single}
+
+
+def _stage_vae(stage_dir: Path, key: str, data: _Data, arch: BaseArch, cfg: BaseTrainConfig,
+               progress: bool, callback: StepCallback | None) -> dict[str, Any]:
+    seed_everything(cfg.seed)
+    vae = build_vae(arch)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=cfg.weight_decay)
+    sched = get_cosine_schedule_with_warmup(opt, cfg.vae_warmup, cfg.vae_steps)
+
+    def loss_fn(batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        x = batch["pixels"]
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        mse, l1 = F.mse_loss(rec, x), F.l1_loss(rec, x)
+        kl = post.kl().mean() / x[0].numel()  # per pixel, so the weight is independent of image size
+        return mse + cfg.vae_l1_weight * l1 + cfg.vae_kl_weight * kl, {"mse": mse.item()}
+
+    logs = _train_loop("2-vae", stage_dir / "ckpt.pt", key, cfg, cfg.vae_steps, {"vae": vae}, opt, sched,
+                       lambda start: data.forever(cfg.vae_batch_size, cfg.seed + start), loss_fn,
+                       progress=progress, callback=callback)
+    # SD's trick: scale latents to unit variance so the noise schedule fits them.
+    vae.eval()
+    with torch.no_grad():
+        lat = [vae.encode(b["pixels"]).latent_dist.sample() for b, _ in zip(data.forever(64, cfg.seed + 7), range(16))]
+    std = torch.cat(lat).std().item()
+    vae.register_to_config(scaling_factor=1.0 / std)
+    vae.save_pretrained(stage_dir / "model", safe_serialization=True)
+    (stage_dir / "ckpt.pt").unlink(missing_ok=True)
+    return {"latent_std": std, **logs}
+
+
+def _stage_latents(stage_dir: Path, data: _Data, vae: AutoencoderKL, progress: bool) -> dict[str, Any]:
+    means, stds, captions, metas = [], [], [], []
+    vae.eval()
+    with torch.no_grad():
+        for batch in tqdm(data.once(64), desc="3-latents", disable=not progress):
+            dist = vae.encode(batch["pixels"]).latent_dist
+            means.append(dist.mean)
+            stds.append(dist.std)
+            captions += batch["caption"]
+            metas += batch["meta"]
+    tensors = {"mean": torch.cat(means).contiguous(), "std": torch.cat(stds).contiguous()}
+    save_file(tensors, stage_dir / "latents.safetensors", metadata={"scaling_factor": str(vae.config.scaling_factor)})
+    (stage_dir / "captions.json").write_text(json.dumps(captions))
+    (stage_dir / "prompts.json").write_text(json.dumps(sample_prompts(captions, metas), indent=1))
+    return {"samples": len(captions)}
+
+
+def _stage_unet(stage_dir: Path, key: str, cache_dir: Path, tokenizer: CLIPTokenizer, vae: AutoencoderKL,
+                arch: BaseArch, cfg: BaseTrainConfig, progress: bool, callback: StepCallback | None) -> dict[str, Any]:
+    seed_everything(cfg.seed)
+    cache = load_file(cache_dir / "latents.safetensors")
+    mean, std, scale = cache["mean"], cache["std"], vae.config.scaling_factor
+    captions = json.loads((cache_dir / "captions.json").read_text())
+    ids = tokenizer(captions, padding="max_length", max_length=arch.max_tokens, truncation=True,
+                    return_tensors="pt").input_ids
+    empty = tokenizer("", padding="max_length", max_length=arch.max_tokens, return_tensors="pt").input_ids
+    unet, text_encoder = build_unet(arch), build_text_encoder(arch, tokenizer)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=cfg.weight_decay)
+    sched = get_cosine_schedule_with_warmup(opt, cfg.unet_warmup, cfg.unet_steps)
+    ema = EMAModel(params, decay=cfg.unet_ema_max_decay, use_ema_warmup=True) if cfg.unet_ema else None
+    noise_sched = DDPMScheduler.from_config(build_scheduler().config)
+
+    def batches(start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + start)  # a resumed run draws fresh batches
+        while True:
+            idx = torch.randint(len(captions), (cfg.unet_batch_size,), generator=g)
+            drop = torch.rand(len(idx), generator=g) < cfg.unet_caption_dropout
+            yield idx, torch.where(drop[:, None], empty, ids[idx])
+
+    def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        idx, tokens = batch
+        latents = (mean[idx] + std[idx] * torch.randn_like(mean[idx])) * scale
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),))
+        cond = text_encoder(tokens)[0]
+        pred = unet(noise_sched.add_noise(latents, noise, t), t, cond).sample
+        return F.mse_loss(pred, noise), {}
+
+    def on_step(stage: str, step: int) -> None:
+        if cfg.sample_every and step % cfg.sample_every == 0:
+            _preview(stage_dir / f"samples-{step:06d}.png", cache_dir, tokenizer, text_encoder, vae, unet, ema, params, cfg)
+        if callback is not None:
+            callback(stage, step)
+
+    logs = _train_loop("4-unet", stage_dir / "ckpt.pt", key, cfg, cfg.unet_steps,
+                       {"unet": unet, "text_encoder": text_encoder}, opt, sched, batches, loss_fn,
+                       ema=ema, params=params, progress=progress, callback=on_step)
+    if ema is not None:
+        ema.copy_to(params)
+    unet.save_pretrained(stage_dir / "unet", safe_serialization=True)
+    text_encoder.save_pretrained(stage_dir / "text_encoder", safe_serialization=True)
+    (stage_dir / "ckpt.pt").unlink(missing_ok=True)
+    return logs
+
+
+def _preview(path: Path, cache_dir: Path, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, vae: AutoencoderKL,
+             unet: UNet2DConditionModel, ema: EMAModel | None, params: list, cfg: BaseTrainConfig) -> None:
+    """Samples mid-training, from the EMA weights when there are some."""
+    if ema is not None:
+        ema.store(params)
+        ema.copy_to(params)
+    unet.eval(), text_encoder.eval()
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=build_scheduler(), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    prompts = json.loads((cache_dir / "prompts.json").read_text())
+    sample_grid(pipe, prompts, path, steps=cfg.sample_steps, guidance=cfg.guidance_scale, seed=cfg.seed, progress=False)
+    unet.train(), text_encoder.train()
+    if ema is not None:
+        ema.restore(params)
+
+
+def _train_loop(
+    stage: str, ckpt: Path, key: str, cfg: BaseTrainConfig, steps: int, models: dict[str, torch.nn.Module],
+    opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
+    batches: Callable[[int], Iterator[Any]], loss_fn: Callable[[Any], tuple[torch.Tensor, dict[str, float]]], *,
+    ema: EMAModel | None = None, params: list | None = None, progress: bool, callback: StepCallback | None,
+) -> dict[str, Any]:
+    """The one training loop: resume, step, clip, EMA, checkpoint every `cfg.checkpoint_every` steps."""
+    params = params or [p for m in models.values() for p in m.parameters()]
+    start, state = 0, load_checkpoint(ckpt)
+    if state is not None and state.get("key") == key:  # a checkpoint of other inputs/config is stale
+        for name, model in models.items():
+            model.load_state_dict(state["models"][name])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["lr_scheduler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        restore_rng(state["rng"])
+        start = state["step"]
+    for model in models.values():
+        model.train()
+    stream, smooth, t0 = batches(start), math.nan, time.perf_counter()
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=stage, disable=not progress)
+    for step in bar:
+        loss, logs = loss_fn(next(stream))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{stage}: loss should be finite but is {loss.item()} at step {step}.")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        sched.step()
+        if ema is not None:
+            ema.step(params)
+        smooth = loss.item() if math.isnan(smooth) else 0.98 * smooth + 0.02 * loss.item()
+        bar.set_postfix(loss=f"{smooth:.4f}", lr=f"{sched.get_last_lr()[0]:.1e}", **{k: f"{v:.4f}" for k, v in logs.items()})
+        done = step + 1
+        if done % cfg.checkpoint_every == 0 and done < steps:
+            save_checkpoint(ckpt, {
+                "key": key, "stage": stage, "step": done, "config": asdict(cfg),
+                "models": {n: m.state_dict() for n, m in models.items()}, "optimizer": opt.state_dict(),
+                "lr_scheduler": sched.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                "rng": capture_rng(),
+            })
+        if callback is not None:
+            callback(stage, done)
+    seconds = time.perf_counter() - t0
+    return {"resumed_from": start, "final_loss": smooth, "s_per_step": seconds / max(1, steps - start)}
+
+
+def sample_prompts(captions: list[str], metas: list[dict]) -> list[str]:
+    """One training caption per context label of each domain, all other labels at their most common value.
+
+    E.g. "a photo of a face on the beach", "a sketch of a face", "a photo of a face wearing a hat".
+    """
+    by_domain: dict[str, list[tuple[str, dict]]] = {}
+    for caption, meta in zip(captions, metas):
+        if isinstance(meta.get("context"), dict):
+            by_domain.setdefault(str(meta.get("domain", "")), []).append((caption, meta["context"]))
+    if not by_domain:  # samples without context labels: a spread of distinct captions
+        distinct = sorted(set(captions))
+        return distinct[:: max(1, len(distinct) // 16)][:16]
+    prompts: list[str] = []
+    for _, items in sorted(by_domain.items()):
+        kinds = sorted({k for _, ctx in items for k in ctx})
+        common = {k: Counter(str(ctx.get(k)) for _, ctx in items).most_common(1)[0][0] for k in kinds}
+        caption_of = {json.dumps({k: str(ctx.get(k)) for k in kinds}, sort_keys=True): c for c, ctx in items}
+        for kind in kinds:
+            for label in sorted({str(ctx.get(kind)) for _, ctx in items}):
+                caption = caption_of.get(json.dumps(common | {kind: label}, sort_keys=True))
+                if caption is not None and caption not in prompts:
+                    prompts.append(caption)
+    return prompts
+
+
+def sample_grid(pipe: StableDiffusionPipeline, prompts: list[str], path: Path, *, steps: int = 25,
+                guidance: float = 7.5, seed: int = 0, per_prompt: int = 4, progress: bool = True) -> Path:
+    """A labelled grid: one row per prompt, `per_prompt` seeds per row, DDIM with classifier-free guidance."""
+    pipe.set_progress_bar_config(disable=True)
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    label_w = 6 * max(len(p) for p in prompts) + 8
+    grid = Image.new("RGB", (label_w + per_prompt * size, len(prompts) * size), "white")
+    draw = ImageDraw.Draw(grid)
+    for row, prompt in enumerate(tqdm(prompts, desc="samples", disable=not progress)):
+        images = pipe([prompt] * per_prompt, num_inference_steps=steps, guidance_scale=guidance, height=size,
+                      width=size, generator=torch.Generator().manual_seed(seed + row)).images
+        draw.text((4, row * size + size // 2 - 5), prompt, fill="black")
+        for col, image in enumerate(images):
+            grid.paste(image, (label_w + col * size, row * size))
+    grid.save(path)
+    return path

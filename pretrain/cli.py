@@ -1,0 +1,53 @@
+"""`e4t pretrain ...`: training jobs. `base` trains the embedded base from scratch.
+
+    e4t pretrain base --shards shards/faces --out models/base --preset default
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """The `e4t pretrain` parser and its subparsers; each subcommand sets `func(args) -> int`."""
+    parser = argparse.ArgumentParser(prog="e4t pretrain", description="Training jobs of the e4t project.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    base = sub.add_parser("base", help="train the embedded base (tokenizer, VAE, text encoder, UNet) from scratch")
+    base.add_argument("--shards", action="append", required=True, type=Path, metavar="DIR",
+                      help="shard directory with manifest.json (repeat once per domain)")
+    base.add_argument("--out", required=True, type=Path, metavar="BASE_DIR", help="output pipeline folder")
+    base.add_argument("--preset", choices=("tiny", "default"), default="default",
+                      help="training config and architecture preset (default: %(default)s)")
+    base.add_argument("--steps", type=int, default=None, metavar="N", help="override the UNet training steps")
+    base.add_argument("--vae-steps", type=int, default=None, metavar="N", help="override the VAE training steps")
+    base.add_argument("--dtype", choices=("float32", "float16"), default=None, help="dtype of the saved weights")
+    base.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    base.set_defaults(func=_run_base)
+    return parser, sub
+
+
+def _run_base(args: argparse.Namespace) -> int:
+    # Imported here so `e4t pretrain --help` answers without loading torch.
+    from pretrain.arch import DEFAULT, TINY
+    from pretrain.base import BaseTrainConfig, train_base
+
+    overrides = {k: v for k, v in (("unet_steps", args.steps), ("vae_steps", args.vae_steps), ("dtype", args.dtype))
+                 if v is not None}
+    cfg = BaseTrainConfig.preset(args.preset, **overrides)
+    arch = TINY if args.preset == "tiny" else DEFAULT
+    out = train_base(args.shards, args.out, arch=arch, cfg=cfg, progress=not args.no_progress)
+    info = json.loads((out / "embedded.json").read_text())
+    print(f"base written to {out} (stage seconds: {info.get('timings')}); samples: {out / 'samples.png'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, _ = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        parser.exit(2, f"e4t pretrain {args.command}: error: {err}\n")

@@ -1,0 +1,73 @@
+"""`e4t serve`: run the gRPC server.
+
+    e4t serve                                    # embedded default: artifacts/base + artifacts/packs/*.safetensors
+    e4t serve --base BASE_DIR --pack faces.safetensors [--pack cats.safetensors] --store DIR --port 50051
+
+The server answers health checks (NOT_SERVING) while it loads the models, then
+SERVING; SIGTERM or SIGINT stops it gracefully within `--grace` seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_paths() -> tuple[Path, list[Path]]:
+    """The embedded default base and packs, relative to the repository root."""
+    base = REPO_ROOT / "artifacts" / "base"
+    packs = sorted((REPO_ROOT / "artifacts" / "packs").glob("*.safetensors"))
+    if not (base / "model_index.json").is_file() or not packs:
+        raise FileNotFoundError(
+            f"The embedded default expects a base at {base} and packs at {base.parent / 'packs'}/*.safetensors, "
+            f"but {'the base' if not base.is_dir() else 'they'} are missing. Build them (see the README) "
+            "or pass --base and --pack."
+        )
+    return base, packs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="e4t serve", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--base", type=Path, help="diffusers Stable Diffusion folder (default: the embedded base)")
+    p.add_argument("--pack", type=Path, action="append", default=[], help="domain pack; repeat for more domains")
+    p.add_argument("--store", type=Path, default=Path("runs/concepts"), help="concept store folder")
+    p.add_argument("--host", default="[::]", help="address to bind (default: all interfaces)")
+    p.add_argument("--port", type=int, default=50051)
+    p.add_argument("--queue-size", type=int, default=16, help="requests waiting for the model worker")
+    p.add_argument("--max-workers", type=int, default=8, help="gRPC threads")
+    p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight requests get on shutdown")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if (args.base is None) != (not args.pack):
+        print("error: give both --base and --pack, or neither for the embedded default.", file=sys.stderr)
+        return 2
+    if args.base is None:
+        try:
+            base, packs = default_paths()
+        except FileNotFoundError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    else:
+        base, packs = args.base, args.pack
+    # imported here so `e4t serve --help` stays instant
+    from serve.engine import Engine
+    from serve.server import create_server, serve_until_signal
+
+    loader = functools.partial(Engine.load, base, packs, args.store, queue_size=args.queue_size)
+    server, port = create_server(loader, f"{args.host}:{args.port}", max_workers=args.max_workers)
+    print(f"e4t server on port {port} (health NOT_SERVING until the models are loaded)", flush=True)
+    return serve_until_signal(server, args.grace)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,175 @@
+"""Python client of the e4t gRPC service.
+
+    with E4TClient("localhost:50051") as client:
+        client.wait_ready(60)
+        concept = client.personalize(Path("me.png"), "faces")
+        for index, seed, image in client.generate(f"a photo of {{{concept['id']}}} on the beach", num_images=2):
+            image.save(f"{index}.png")
+
+Errors are `grpc.RpcError`s carrying the server's status code and message.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Self
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+
+from serve.api import SERVICE_NAME, pb2, pb2_grpc
+
+
+def _image_bytes(image: bytes | str | Path | Image.Image) -> bytes:
+    if isinstance(image, bytes):
+        return image
+    if isinstance(image, Image.Image):
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        return buf.getvalue()
+    if isinstance(image, (str, Path)):
+        return Path(image).read_bytes()
+    raise TypeError(f"`image` has to be bytes, a path or a PIL image but is {type(image).__name__}.")
+
+
+def concept_dict(info: pb2.ConceptInfo) -> dict[str, Any]:
+    return {
+        "id": info.id,
+        "domain": info.domain,
+        "method": info.method,
+        "steps": info.steps,
+        "base_hash": info.base_hash,
+        "pack_hash": info.pack_hash,
+        "created_unix": info.created_unix,
+        "owner": info.owner,
+        "size_bytes": info.size_bytes,
+    }
+
+
+class E4TClient:
+    """One channel to an e4t server; `timeout` (seconds) is the deadline of every call."""
+
+    def __init__(self, address: str, timeout: float | None = 300.0, *, max_message_bytes: int = 64 * 1024 * 1024):
+        self.address = address
+        self.timeout = timeout
+        self.channel = grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_message_bytes),
+            ],
+        )
+        self.stub = pb2_grpc.E4TStub(self.channel)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def health(self, service: str = SERVICE_NAME) -> str:
+        """Health of `service` ("" for the whole server): "SERVING", "NOT_SERVING", ..."""
+        response = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def wait_ready(self, timeout: float = 60.0, poll: float = 0.2) -> None:
+        """Blocks until health says SERVING; TimeoutError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        status = "UNREACHABLE"
+        while time.monotonic() < deadline:
+            try:
+                status = self.health()
+                if status == "SERVING":
+                    return
+            except grpc.RpcError as e:
+                status = e.code().name
+            time.sleep(poll)
+        raise TimeoutError(f"e4t server at {self.address} was not SERVING after {timeout} s (last: {status}).")
+
+    def list_domains(self) -> list[dict[str, Any]]:
+        response = self.stub.ListDomains(pb2.ListDomainsRequest(), timeout=self.timeout)
+        return [
+            {"name": d.name, "class_word": d.class_word, "pack_hash": d.pack_hash, "methods": list(d.methods)}
+            for d in response.domains
+        ]
+
+    def personalize(
+        self,
+        image: bytes | str | Path | Image.Image,
+        domain: str,
+        *,
+        steps: int = 5,
+        seed: int = 0,
+        mask: bytes | str | Path | Image.Image | None = None,
+        method: str = "e4t",
+        owner: str = "",
+        on_progress: Callable[[int, int, float, str], None] | None = None,
+    ) -> dict[str, Any]:
+        """Tunes a concept from one image; returns its metadata. `on_progress(step, total, loss, stage)`."""
+        request = pb2.PersonalizeRequest(
+            image=_image_bytes(image),
+            mask=b"" if mask is None else _image_bytes(mask),
+            domain=domain,
+            method=method,
+            steps=steps,
+            seed=seed,
+            owner=owner,
+        )
+        for event in self.stub.Personalize(request, timeout=self.timeout):
+            if event.HasField("concept"):
+                return concept_dict(event.concept)
+            if on_progress is not None:
+                p = event.progress
+                on_progress(p.step, p.total, p.loss, p.stage)
+        raise RuntimeError("the server ended the Personalize stream without a concept.")
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        negative_prompt: str = "",
+        num_images: int = 4,
+        steps: int = 25,
+        guidance: float = 7.5,
+        seed: int = 0,
+    ) -> Iterator[tuple[int, int, Image.Image]]:
+        """Yields (index, seed, image) as each image is done."""
+        request = pb2.GenerateRequest(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            num_images=num_images,
+            steps=steps,
+            guidance=guidance,
+            seed=seed,
+        )
+        for reply in self.stub.Generate(request, timeout=self.timeout):
+            image = Image.open(io.BytesIO(reply.png))
+            image.load()
+            yield reply.index, reply.seed, image
+
+    def get_concept(self, concept_id: str) -> dict[str, Any]:
+        return concept_dict(self.stub.GetConcept(pb2.GetConceptRequest(id=concept_id), timeout=self.timeout))
+
+    def list_concepts(self, domain: str = "", page_size: int = 100) -> Iterator[dict[str, Any]]:
+        """Every stored concept (of `domain` if given), oldest first, fetched page by page."""
+        token = ""
+        while True:
+            response = self.stub.ListConcepts(
+                pb2.ListConceptsRequest(page_size=page_size, page_token=token, domain=domain), timeout=self.timeout
+            )
+            for info in response.concepts:
+                yield concept_dict(info)
+            token = response.next_page_token
+            if not token:
+                return
+
+    def delete_concept(self, concept_id: str) -> None:
+        self.stub.DeleteConcept(pb2.DeleteConceptRequest(id=concept_id), timeout=self.timeout)

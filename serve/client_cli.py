@@ -1,0 +1,113 @@
+"""`e4t client`: talk to a running e4t server.
+
+e4t client domains
+e4t client personalize me.png --domain faces [--steps 5] [--mask mask.png]
+e4t client generate --prompt "a photo of {c_0123456789ab} on the beach" --out out/ [--num-images 4]
+e4t client list [--domain faces] | get ID | delete ID
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="e4t client", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--address", default="localhost:50051", help="server host:port")
+    p.add_argument("--timeout", type=float, default=300.0, help="deadline of each call, seconds")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("domains", help="list the domains the server can personalize")
+
+    pers = sub.add_parser("personalize", help="tune a concept from one image; prints its metadata as JSON")
+    pers.add_argument("image", type=Path)
+    pers.add_argument("--domain", required=True)
+    pers.add_argument("--mask", type=Path)
+    pers.add_argument("--steps", type=int, default=5)
+    pers.add_argument("--seed", type=int, default=0)
+    pers.add_argument("--method", default="e4t")
+    pers.add_argument("--owner", default="")
+
+    gen = sub.add_parser("generate", help="generate images; writes PNGs into --out")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--negative-prompt", default="")
+    gen.add_argument("--out", type=Path, required=True)
+    gen.add_argument("--num-images", type=int, default=4)
+    gen.add_argument("--steps", type=int, default=25)
+    gen.add_argument("--guidance", type=float, default=7.5)
+    gen.add_argument("--seed", type=int, default=0)
+
+    lst = sub.add_parser("list", help="list stored concepts as JSON lines")
+    lst.add_argument("--domain", default="")
+    for name, help_ in (("get", "print one concept's metadata"), ("delete", "delete a concept")):
+        sub.add_parser(name, help=help_).add_argument("id")
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    from serve.client import E4TClient
+
+    with E4TClient(args.address, timeout=args.timeout) as client:
+        if args.command == "domains":
+            print(json.dumps(client.list_domains(), indent=2))
+        elif args.command == "personalize":
+            with tqdm(desc="personalize", unit="step", file=sys.stderr) as bar:
+
+                def on_progress(step: int, total: int, loss: float, stage: str) -> None:
+                    bar.total = total
+                    bar.n = step
+                    bar.set_postfix(stage=stage, loss=f"{loss:.4f}")
+
+                concept = client.personalize(
+                    args.image,
+                    args.domain,
+                    steps=args.steps,
+                    seed=args.seed,
+                    mask=args.mask,
+                    method=args.method,
+                    owner=args.owner,
+                    on_progress=on_progress,
+                )
+            print(json.dumps(concept, indent=2))
+        elif args.command == "generate":
+            args.out.mkdir(parents=True, exist_ok=True)
+            images = client.generate(
+                args.prompt,
+                negative_prompt=args.negative_prompt,
+                num_images=args.num_images,
+                steps=args.steps,
+                guidance=args.guidance,
+                seed=args.seed,
+            )
+            for index, seed, image in tqdm(images, total=args.num_images, desc="generate", unit="image"):
+                path = args.out / f"{index:02d}-seed{seed}.png"
+                image.save(path)
+                print(path)
+        elif args.command == "list":
+            for concept in client.list_concepts(args.domain):
+                print(json.dumps(concept))
+        elif args.command == "get":
+            print(json.dumps(client.get_concept(args.id), indent=2))
+        elif args.command == "delete":
+            client.delete_concept(args.id)
+            print(f"deleted {args.id}")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    import grpc
+
+    try:
+        return _run(args)
+    except grpc.RpcError as e:
+        print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    except OSError as e:  # unreadable image or unwritable output folder
+        print(f"error: {e}", file=sys.stderr)
+        return 1

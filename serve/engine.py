@@ -1,0 +1,385 @@
+"""The engine behind the servicer: models loaded once, one model worker, a bounded queue.
+
+Plain Python, no gRPC: requests are validated in the caller's thread (so a bad
+request fails at once, without waiting in the queue), then run as a `Job` on
+the single model worker thread. Jobs stream their events (progress, images)
+back to the caller and carry a cancellation flag and a deadline, checked
+between tuning steps and between images.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+import e4t
+from e4t.errors import InvalidInput, NotFound
+from serve.errors import Cancelled, DeadlineExceeded, QueueFull
+from serve.limits import (
+    CONCEPT_ID_RE,
+    DEFAULT_GENERATE_STEPS,
+    DEFAULT_GUIDANCE,
+    DEFAULT_NUM_IMAGES,
+    DEFAULT_PAGE_SIZE,
+    DEFAULT_PERSONALIZE_STEPS,
+    Limits,
+    check_concept_id,
+    check_method,
+    check_owner,
+    check_prompt,
+    check_range,
+    decode_image,
+)
+from serve.store import ConceptRecord, ConceptStore
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("e4t",)
+_POLL_S = 0.1  # how often a waiting caller notices its own cancellation
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    name: str
+    class_word: str
+    pack_hash: str
+    methods: tuple[str, ...] = METHODS
+
+
+@dataclass(eq=False)
+class Job:
+    """One request on the model worker; iterate `events()` to follow it."""
+
+    kind: str
+    run: Callable[[Job], Any]
+    deadline: float | None = None  # time.monotonic() value
+    _events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue, repr=False)
+    _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def cancel(self) -> None:
+        """Asks the job to stop at its next check; safe from any thread, idempotent."""
+        self._cancelled.set()
+
+    def should_stop(self) -> bool:
+        """True once the job is cancelled or past its deadline; `e4t` polls it between steps and images."""
+        return self._cancelled.is_set() or (self.deadline is not None and time.monotonic() > self.deadline)
+
+    def check(self) -> None:
+        """Raises DeadlineExceeded or Cancelled if the job should stop now."""
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise DeadlineExceeded(f"the {self.kind} request ran past its deadline.")
+        if self._cancelled.is_set():
+            raise Cancelled(f"the {self.kind} request was cancelled.")
+
+    def emit(self, kind: str, payload: Any) -> None:
+        self._events.put((kind, payload))
+
+    def execute(self) -> None:
+        """Runs the job on the calling (worker) thread; never raises."""
+        try:
+            self.check()
+            result = self.run(self)
+        except Cancelled as e:  # e4t says "cancelled" for both reasons; tell them apart
+            if self.deadline is not None and time.monotonic() > self.deadline and not isinstance(e, DeadlineExceeded):
+                e = DeadlineExceeded(f"the {self.kind} request ran past its deadline.")
+            self.emit("error", e)
+        except BaseException as e:  # the worker thread must survive anything a job does
+            if not isinstance(e, (InvalidInput, NotFound)):
+                logger.exception("%s job failed", self.kind)
+            self.emit("error", e)
+        else:
+            self.emit("done", result)
+
+    def events(self) -> Iterator[tuple[str, Any]]:
+        """Yields ("progress" | "image", payload) events, then ("done", result); raises the job's error."""
+        while True:
+            try:
+                kind, payload = self._events.get(timeout=_POLL_S)
+            except queue.Empty:
+                self.check()  # the worker skips or stops a cancelled job; the caller need not wait for it
+                continue
+            if kind == "error":
+                raise payload
+            yield kind, payload
+            if kind == "done":
+                return
+
+    def wait(self, on_event: Callable[[str, Any], None] | None = None) -> Any:
+        """Blocks until the job is done, passing each event to `on_event`; returns its result."""
+        for kind, payload in self.events():
+            if kind == "done":
+                return payload
+            if on_event is not None:
+                on_event(kind, payload)
+        raise AssertionError("unreachable: events() ends with a done event or raises")
+
+
+class Engine:
+    """One base, one pack per domain, a concept store and ONE model worker behind a bounded queue."""
+
+    def __init__(
+        self,
+        base: Any,
+        packs: dict[str, Any],
+        store: ConceptStore,
+        *,
+        limits: Limits | None = None,
+        queue_size: int = 16,
+    ) -> None:
+        if queue_size < 1:
+            raise ValueError(f"`queue_size` has to be at least 1 but is {queue_size}.")
+        self.base = base
+        self.packs = dict(packs)
+        self.store = store
+        self.limits = limits or Limits()
+        self.queue_size = queue_size
+        # a private tokenizer: HF fast tokenizers mutate their truncation state per call,
+        # so sharing the pipeline's one with the worker thread could race
+        self._tokenizer = copy.deepcopy(base.tokenizer)
+        self._tokenizer_lock = threading.Lock()
+        self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
+        self._worker = threading.Thread(target=self._work, name="e4t-model-worker", daemon=True)
+        self._worker.start()
+
+    @classmethod
+    def load(
+        cls,
+        base_path: str | Path,
+        pack_paths: list[str | Path],
+        store_root: str | Path,
+        *,
+        limits: Limits | None = None,
+        queue_size: int = 16,
+    ) -> Engine:
+        """Loads the base once and every pack on it; one pack per domain."""
+        if not pack_paths:
+            raise ValueError("At least one domain pack is required but none was given.")
+        base = e4t.load_base(base_path)
+        packs: dict[str, Any] = {}
+        for path in pack_paths:
+            pack = e4t.load_pack(path, base)
+            if pack.domain in packs:
+                raise ValueError(f"Expected one pack per domain but got two for {pack.domain!r} (second: {path}).")
+            packs[pack.domain] = pack
+            logger.info("loaded pack %s: domain %s, hash %s", path, pack.domain, pack.hash)
+        return cls(base, packs, ConceptStore(store_root), limits=limits, queue_size=queue_size)
+
+    # ---- the model worker
+
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            job.execute()
+
+    def _submit(self, job: Job) -> Job:
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            raise QueueFull(f"the model queue is full ({self.queue_size} requests waiting); retry later.") from None
+        return job
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stops the worker once the jobs already queued are done; idempotent."""
+        if self._worker.is_alive():
+            self._queue.put(None)
+            self._worker.join(timeout)
+
+    # ---- domains and concepts
+
+    def domains(self) -> list[DomainInfo]:
+        return [DomainInfo(name, pack.class_word, pack.hash) for name, pack in sorted(self.packs.items())]
+
+    def _pack(self, domain: str) -> Any:
+        if domain not in self.packs:
+            available = ", ".join(sorted(self.packs)) or "none"
+            raise NotFound(f"domain {domain!r} does not exist; available: {available}.")
+        return self.packs[domain]
+
+    def get_concept(self, concept_id: str) -> ConceptRecord:
+        return self.store.get(check_concept_id(concept_id))
+
+    def list_concepts(
+        self, domain: str = "", page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[ConceptRecord], str]:
+        page_size = page_size or DEFAULT_PAGE_SIZE
+        check_range("page_size", page_size, 1, self.limits.max_page_size)
+        return self.store.list(domain or None, page_size, page_token)
+
+    def delete_concept(self, concept_id: str) -> ConceptRecord:
+        return self.store.delete(check_concept_id(concept_id))
+
+    # ---- personalize
+
+    def submit_personalize(
+        self,
+        image_bytes: bytes,
+        mask_bytes: bytes = b"",
+        domain: str = "",
+        method: str = "",
+        steps: int | None = None,
+        seed: int | None = None,
+        owner: str = "",
+        *,
+        timeout: float | None = None,
+    ) -> Job:
+        """Validates and queues a personalization; its events are ("progress", (step, total, loss, stage))."""
+        # 1. check inputs
+        limits = self.limits
+        steps = DEFAULT_PERSONALIZE_STEPS if steps is None else steps
+        seed = 0 if seed is None else seed
+        check_range("steps", steps, 1, limits.max_personalize_steps)
+        check_range("seed", seed, 0, limits.max_seed)
+        method = check_method(method, METHODS)
+        owner = check_owner(owner, limits)
+        if len(image_bytes) + len(mask_bytes) > limits.max_request_bytes:
+            raise InvalidInput(
+                f"`image` and `mask` together have to be at most {limits.max_request_bytes} bytes "
+                f"but have {len(image_bytes) + len(mask_bytes)}."
+            )
+        pack = self._pack(domain)
+        # 2. decode images (here, not on the worker: a bad image must not wait in the queue)
+        image = decode_image(image_bytes, limits, what="image")
+        mask = decode_image(mask_bytes, limits, what="mask", mode="L") if mask_bytes else None
+        if mask is not None and mask.size != image.size:
+            raise InvalidInput(f"`mask` has to be the size of `image` {image.size} but is {mask.size}.")
+
+        # 3. tune, then store, on the worker
+        def run(job: Job) -> ConceptRecord:
+            def progress(step: int, total: int, loss: float) -> None:
+                job.emit("progress", (int(step), int(total), float(loss), "tuning"))
+
+            concept = e4t.personalize(
+                self.base,
+                pack,
+                image,
+                steps=steps,
+                seed=seed,
+                mask=mask,
+                owner=owner,
+                progress=progress,
+                should_stop=job.should_stop,
+            )
+            job.check()  # a cancelled request is not acknowledged, so its concept is not kept
+            job.emit("progress", (steps, steps, 0.0, "saving"))
+            return self.store.put(concept)
+
+        job = Job("personalize", run, None if timeout is None else time.monotonic() + timeout)
+        job.emit("progress", (0, steps, 0.0, "queued"))
+        return self._submit(job)
+
+    def personalize(
+        self,
+        image_bytes: bytes,
+        mask_bytes: bytes = b"",
+        domain: str = "",
+        method: str = "",
+        steps: int | None = None,
+        seed: int | None = None,
+        owner: str = "",
+        on_progress: Callable[[int, int, float, str], None] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> ConceptRecord:
+        """Blocking form of `submit_personalize`; `on_progress(step, total, loss, stage)`."""
+        job = self.submit_personalize(image_bytes, mask_bytes, domain, method, steps, seed, owner, timeout=timeout)
+        return job.wait(None if on_progress is None else lambda kind, payload: on_progress(*payload))
+
+    # ---- generate
+
+    def submit_generate(
+        self,
+        prompt: str,
+        negative_prompt: str = "",
+        num_images: int | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        seed: int | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Job:
+        """Validates and queues a generation; its events are ("image", (index, seed, PIL.Image))."""
+        # 1. check inputs
+        limits = self.limits
+        num_images = DEFAULT_NUM_IMAGES if num_images is None else num_images
+        steps = DEFAULT_GENERATE_STEPS if steps is None else steps
+        guidance = DEFAULT_GUIDANCE if guidance is None else guidance
+        seed = 0 if seed is None else seed
+        check_range("num_images", num_images, 1, limits.max_num_images)
+        check_range("steps", steps, 1, limits.max_generate_steps)
+        check_range("guidance", guidance, 0.0, limits.max_guidance)
+        check_range("seed", seed, 0, limits.max_seed)
+        concept_ids = e4t.find_concept_ids(prompt)
+        negative_ids = e4t.find_concept_ids(negative_prompt)
+        with self._tokenizer_lock:
+            check_prompt(prompt, limits, tokenizer=self._tokenizer, concept_ids=concept_ids)
+            check_prompt(
+                negative_prompt,
+                limits,
+                tokenizer=self._tokenizer,
+                concept_ids=negative_ids,
+                what="negative_prompt",
+                required=False,
+            )
+        # 2. load the named concepts (NotFound now rather than after waiting in the queue)
+        named = list(dict.fromkeys(concept_ids + negative_ids))
+        for name in named:
+            if not CONCEPT_ID_RE.fullmatch(name):
+                raise NotFound(f"prompt names {{{name}}} but no concept has that id (ids are c_ + 12 hex digits).")
+        concepts = {concept_id: self.store.load(concept_id) for concept_id in named}
+
+        # 3. generate on the worker, streaming each image as it is done
+        def run(job: Job) -> int:
+            def on_image(index: int, image: Image.Image) -> None:
+                job.emit("image", (index, seed + index, image))  # e4t seeds image i with seed + i
+
+            images = e4t.generate(
+                self.base,
+                self.packs,
+                concepts,
+                prompt,
+                negative_prompt=negative_prompt,
+                num_images=num_images,
+                steps=steps,
+                guidance=guidance,
+                seed=seed,
+                on_image=on_image,
+                should_stop=job.should_stop,
+            )
+            return len(images)
+
+        return self._submit(Job("generate", run, None if timeout is None else time.monotonic() + timeout))
+
+    def generate(
+        self,
+        prompt: str,
+        negative_prompt: str = "",
+        num_images: int | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        seed: int | None = None,
+        on_image: Callable[[int, int, Image.Image], None] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> list[tuple[int, int, Image.Image]]:
+        """Blocking form of `submit_generate`; returns [(index, seed, image)], `on_image` sees each as it is done."""
+        job = self.submit_generate(prompt, negative_prompt, num_images, steps, guidance, seed, timeout=timeout)
+        results: list[tuple[int, int, Image.Image]] = []
+
+        def collect(kind: str, payload: tuple[int, int, Image.Image]) -> None:
+            results.append(payload)
+            if on_image is not None:
+                on_image(*payload)
+
+        job.wait(collect)
+        return results

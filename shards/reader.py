@@ -1,0 +1,203 @@
+"""The one shard reader used by every training stage: a `webdataset.DataPipeline` of small stages.
+
+Batches are dicts {"pixels": FloatTensor[B, 3, H, W] in [-1, 1], "caption": list[str],
+"meta": list[dict]} where meta is each sample's json.
+
+    pipe = make_pipeline(shard_urls("data/faces"), batch_size=32, splits=["base"])
+    for batch in pipe: ...
+
+For several processes (DeepSpeed ranks and/or DataLoader workers) use `resampled=True`: every
+rank/worker draws shards with replacement from its own seed, so no rank runs dry before another.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+
+from shards.images import resize_center_crop
+from shards.splits import check_splits
+from shards.writer import IMAGE_EXTS, read_manifest
+
+logger = logging.getLogger(__name__)
+
+
+class CountingHandler:
+    """WebDataset error handler that counts bad samples and keeps going.
+
+    Logs the first `log_first` errors and keeps their messages in `.errors`; never sleeps or
+    warns per sample. With DataLoader workers each worker holds its own copy of the counter.
+    """
+
+    def __init__(self, log_first: int = 3) -> None:
+        self.log_first = log_first
+        self.count = 0
+        self.errors: list[str] = []
+
+    def __call__(self, exn: BaseException) -> bool:
+        self.count += 1
+        if len(self.errors) < self.log_first:
+            self.errors.append(f"{type(exn).__name__}: {exn}")
+            logger.warning("skipping bad sample (%d so far): %s: %s", self.count, type(exn).__name__, exn)
+        return True
+
+
+def shard_urls(directory: str | Path) -> list[str]:
+    """Paths of the shards listed in `directory/manifest.json`, in manifest order."""
+    manifest = read_manifest(directory)
+    urls = [str(Path(directory) / s["file"]) for s in manifest["shards"]]
+    if not urls:
+        raise ValueError(f"the shard set in {directory} has no shards (num_samples={manifest['num_samples']}).")
+    return urls
+
+
+def _worker_id() -> int:
+    info = torch.utils.data.get_worker_info()
+    return 0 if info is None else info.id
+
+
+def _split_by_rank(rank: int, world_size: int) -> Callable[[Iterable], Iterator]:
+    def stage(src: Iterable) -> Iterator:
+        yield from islice(src, rank, None, world_size)
+
+    return stage
+
+
+def _augment(arr: np.ndarray, rng: random.Random) -> np.ndarray:
+    """Small translation (edge-padded) and color jitter; no flips: faces carry one-sided marks."""
+    size = arr.shape[0]
+    pad = max(1, size // 16)
+    dx, dy = rng.randint(-pad, pad), rng.randint(-pad, pad)
+    padded = np.pad(arr, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+    arr = padded[pad + dy : pad + dy + size, pad + dx : pad + dx + size]
+    gray = arr.mean(axis=2, keepdims=True)
+    arr = gray + (arr - gray) * rng.uniform(0.9, 1.1)  # saturation
+    arr = (arr - arr.mean()) * rng.uniform(0.9, 1.1) + arr.mean()  # contrast
+    return np.clip(arr * rng.uniform(0.9, 1.1), 0.0, 1.0)  # brightness
+
+
+def _to_examples(image_size: int, augment: bool, seed: int, handler: Callable[[BaseException], bool]):
+    def stage(src: Iterable[dict]) -> Iterator[dict]:
+        # seeded per worker at iteration time, so workers do not repeat each other's jitter
+        rng = random.Random(seed * 1009 + _worker_id())
+        for sample in src:
+            try:
+                ext = next((e for e in IMAGE_EXTS if e in sample), None)
+                meta = sample.get("json")
+                if ext is None or not isinstance(meta, dict) or "caption" not in meta:
+                    raise ValueError(
+                        f"sample {sample.get('__key__')!r} must have an image ({IMAGE_EXTS}) and a json with "
+                        f"a caption but has {sorted(k for k in sample if not k.startswith('__'))}."
+                    )
+                arr = np.asarray(resize_center_crop(sample[ext], image_size), dtype=np.float32) / 255.0
+                if augment:
+                    arr = _augment(arr, rng)
+                pixels = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))) * 2.0 - 1.0
+                yield {"pixels": pixels, "caption": meta["caption"], "meta": meta}
+            except Exception as exn:  # noqa: BLE001 - the handler decides what is fatal
+                if handler(exn):
+                    continue
+                raise
+
+    return stage
+
+
+def collate(examples: list[dict]) -> dict:
+    """Stack examples into {"pixels": [B,3,H,W], "caption": [...], "meta": [...]}."""
+    return {
+        "pixels": torch.stack([e["pixels"] for e in examples]),
+        "caption": [e["caption"] for e in examples],
+        "meta": [e["meta"] for e in examples],
+    }
+
+
+def make_pipeline(
+    urls: Sequence[str],
+    *,
+    batch_size: int,
+    image_size: int = 64,
+    splits: Sequence[str] | None = None,
+    resampled: bool = False,
+    shuffle: int = 1000,
+    augment: bool = False,
+    seed: int = 0,
+    world_size: int | None = None,
+    rank: int | None = None,
+    num_workers: int = 0,
+    handler: Callable[[BaseException], bool] | None = None,
+) -> wds.DataPipeline:
+    """Build the training pipeline over shard `urls`.
+
+    `world_size`/`rank` default to the torch.distributed (or RANK/WORLD_SIZE) values. Without
+    `resampled`, shards are split over ranks x workers and each is read once per epoch (last
+    partial batch kept); with it, every rank/worker streams forever (partial batches dropped).
+    `splits` keeps only samples whose json "split" is listed. `handler` receives every bad
+    sample's exception; the default is a `CountingHandler` (available as `pipe.handler`).
+    """
+    # 1. check inputs
+    urls = [str(u) for u in urls]
+    if not urls:
+        raise ValueError("`urls` must list at least one shard but is empty.")
+    if batch_size < 1 or image_size < 8 or shuffle < 0 or num_workers < 0:
+        raise ValueError(
+            "`batch_size` >= 1, `image_size` >= 8, `shuffle` >= 0 and `num_workers` >= 0 are required "
+            f"but got {batch_size}, {image_size}, {shuffle} and {num_workers}."
+        )
+    if (world_size is None) != (rank is None):
+        raise ValueError(f"give both `world_size` and `rank` or neither, but got {world_size} and {rank}.")
+    if world_size is None:
+        rank, world_size, _, _ = wds.utils.pytorch_worker_info()
+    if not 0 <= rank < world_size:
+        raise ValueError(f"`rank` must be in [0, {world_size}) but is {rank}.")
+    wanted = set(check_splits(splits)) if splits is not None else None
+    handler = handler if handler is not None else CountingHandler()
+    readers = world_size * max(1, num_workers)
+    if not resampled and len(urls) < readers:
+        raise ValueError(
+            f"{len(urls)} shard(s) cannot be split over {world_size} rank(s) x {max(1, num_workers)} worker(s) "
+            f"= {readers} readers: use resampled=True, or write more shards (smaller maxcount)."
+        )
+    # 2. which shards this rank/worker reads
+    if resampled:
+        source = [
+            wds.ResampledShards(
+                urls, seed=seed, deterministic=True, worker_seed=lambda: rank * 1000 + _worker_id()
+            )
+        ]
+    else:
+        source = [
+            wds.SimpleShardList(urls),
+            wds.detshuffle(len(urls), initial=len(urls), seed=seed) if shuffle else None,  # same order on all ranks
+            _split_by_rank(rank, world_size),
+            wds.split_by_worker,
+        ]
+    # 3. samples: read, shuffle, decode, filter, to tensors, batch
+    pipe = wds.DataPipeline(
+        *source,
+        wds.tarfile_to_samples(handler=handler),
+        wds.detshuffle(shuffle, initial=min(100, shuffle), seed=seed * 1000 + rank) if shuffle > 1 else None,
+        # json first: filtering by split before decoding images skips the work on dropped samples
+        wds.decode(only=["json"], handler=handler),
+        # samples without a json dict pass on, to be counted as bad by the last stage
+        wds.select(lambda s: not isinstance(s.get("json"), dict) or s["json"].get("split") in wanted)
+        if wanted is not None
+        else None,
+        wds.decode("pil", partial=True, handler=handler),
+        _to_examples(image_size, augment, seed + rank, handler),
+        wds.batched(batch_size, collation_fn=collate, partial=not resampled),
+    )
+    pipe.handler = handler
+    return pipe
+
+
+def make_loader(urls: Sequence[str], *, batch_size: int, num_workers: int = 2, **kw) -> wds.WebLoader:
+    """`make_pipeline` behind a `wds.WebLoader` with `num_workers` processes (batches come pre-made)."""
+    pipe = make_pipeline(urls, batch_size=batch_size, num_workers=num_workers, **kw)
+    return wds.WebLoader(pipe, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0)

@@ -1,0 +1,70 @@
+import json
+
+import pytest
+import torch
+
+from e4t import Concept, load_base, load_pack
+from e4t.errors import InvalidInput, NotFound
+
+
+@pytest.fixture(scope="module")
+def base(tiny_base_dir):
+    return load_base(tiny_base_dir)
+
+
+def test_load_base_errors(tmp_path):
+    with pytest.raises(NotFound, match="does not exist"):
+        load_base(tmp_path / "nope")
+    with pytest.raises(InvalidInput, match="model_index.json is missing"):
+        load_base(tmp_path)
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline", "unet": []}))
+    with pytest.raises(InvalidInput, match="missing component"):
+        load_base(tmp_path)
+
+
+def test_base_is_a_plain_stable_diffusion_folder(tiny_base_dir):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_base_dir, local_files_only=True)
+    assert pipe("a photo of a face", num_inference_steps=2, output_type="pil").images[0].size == (64, 64)
+
+
+def test_pack_round_trip_keeps_weights_and_config(base, tiny_pack_path):
+    pack = load_pack(tiny_pack_path, base)
+    assert pack.domain == "faces" and pack.class_word == "face" and pack.base_hash == base.hash
+    copy = tiny_pack_path.parent / "copy.safetensors"
+    assert pack.save(copy) == pack.hash
+    again = load_pack(copy, base)
+    for k, v in pack.encoder.state_dict().items():
+        assert torch.equal(v, again.encoder.state_dict()[k])
+    assert again.offsets.keys() == pack.offsets.keys()
+
+
+def test_pack_for_another_base_is_refused(base, tiny_pack_path, tmp_path):
+    pack = load_pack(tiny_pack_path, base)
+    pack.base_hash = "0123456789abcdef"
+    pack.save(tmp_path / "other.safetensors")
+    with pytest.raises(InvalidInput, match="was trained for base 0123456789abcdef"):
+        load_pack(tmp_path / "other.safetensors", base)
+
+
+def test_concept_round_trip_and_corrupt_bytes(tmp_path):
+    concept = Concept(
+        embedding=torch.randn(32), offset_deltas={"a.lora_A.weight": torch.randn(4, 8)}, domain="faces",
+        pack_hash="p", base_hash="b", steps=5, owner="alice",
+    )
+    concept.save(tmp_path / "c.safetensors")
+    loaded = Concept.load(tmp_path / "c.safetensors")
+    assert loaded.metadata() == concept.metadata()
+    assert torch.equal(loaded.embedding, concept.embedding)
+    assert Concept.from_bytes(concept.to_bytes()).id == concept.id
+    with pytest.raises(InvalidInput, match="not a valid safetensors"):
+        Concept.from_bytes(b"definitely not safetensors")
+    with pytest.raises(InvalidInput, match="not an e4t.concept/1 file"):
+        Concept.from_bytes(_other_format_bytes())
+
+
+def _other_format_bytes() -> bytes:
+    from e4t.safetensors_io import to_bytes
+
+    return to_bytes({"x": torch.zeros(1)}, "something.else/1", {})

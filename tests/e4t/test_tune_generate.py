@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from e4t import generate, load_base, load_pack, personalize
+from e4t.errors import Cancelled, InvalidInput, NotFound
+
+
+@pytest.fixture(scope="module")
+def world(tiny_base_dir, tiny_pack_path):
+    base = load_base(tiny_base_dir)
+    return base, load_pack(tiny_pack_path, base)
+
+
+def face_image(seed: int = 0) -> Image.Image:
+    from shards.synth import render_sample
+
+    import io
+
+    _, png, _ = render_sample("faces", seed, 0, 64, 0)
+    return Image.open(io.BytesIO(png))
+
+
+def test_tuning_changes_embedding_and_offsets_and_reports_progress(world):
+    base, pack = world
+    seen = []
+    concept = personalize(base, pack, face_image(), steps=3, seed=1, progress=lambda s, n, loss: seen.append((s, n)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    assert concept.domain == "faces" and concept.pack_hash == pack.hash and concept.base_hash == base.hash
+    assert any(d.abs().sum() > 0 for d in concept.offset_deltas.values())
+    zero = personalize(base, pack, face_image(), steps=0, seed=1)
+    assert all(d.abs().sum() == 0 for d in zero.offset_deltas.values())
+    # the shared UNet is left as it was: no adapter active
+    assert not any(p.requires_grad for p in base.unet.parameters())
+
+
+def test_generation_is_deterministic_and_uses_the_concept(world):
+    base, pack = world
+    concept = personalize(base, pack, face_image(), steps=2)
+    prompt = f"a photo of {{{concept.id}}} on the beach"
+    streamed = []
+    images = generate(base, {"faces": pack}, {concept.id: concept}, prompt, num_images=2, steps=2,
+                      on_image=lambda i, im: streamed.append(i))
+    assert streamed == [0, 1] and all(im.size == (64, 64) for im in images)
+    again = generate(base, {"faces": pack}, {concept.id: concept}, prompt, num_images=1, steps=2)
+    assert np.array_equal(np.asarray(images[0]), np.asarray(again[0]))
+    plain = generate(base, {"faces": pack}, {}, "a photo of a face on the beach", num_images=1, steps=2)
+    assert not np.array_equal(np.asarray(images[0]), np.asarray(plain[0]))
+
+
+def test_two_concepts_in_one_prompt(world):
+    base, pack = world
+    a = personalize(base, pack, face_image(0), steps=1)
+    b = personalize(base, pack, face_image(1), steps=1)
+    images = generate(base, {"faces": pack}, {a.id: a, b.id: b}, f"{{{a.id}}} next to {{{b.id}}}", num_images=1, steps=2)
+    assert len(images) == 1
+
+
+def test_bad_requests(world):
+    base, pack = world
+    with pytest.raises(NotFound, match="c_000000000000"):
+        generate(base, {"faces": pack}, {}, "a photo of {c_000000000000}", num_images=1, steps=1)
+    with pytest.raises(InvalidInput, match="empty"):
+        generate(base, {"faces": pack}, {}, "   ", num_images=1, steps=1)
+    with pytest.raises(InvalidInput, match="num_images"):
+        generate(base, {"faces": pack}, {}, "a face", num_images=0)
+    with pytest.raises(InvalidInput, match="steps"):
+        personalize(base, pack, face_image(), steps=-1)
+    other = personalize(base, pack, face_image(), steps=0)
+    other.base_hash = "another"
+    with pytest.raises(InvalidInput, match="made for base another"):
+        generate(base, {"faces": pack}, {other.id: other}, f"{{{other.id}}}", num_images=1, steps=1)
+    with pytest.raises(Cancelled):
+        personalize(base, pack, face_image(), steps=3, should_stop=lambda: True)
+
+
+def test_masked_tuning_runs(world):
+    base, pack = world
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    concept = personalize(base, pack, face_image(), steps=1, mask=mask)
+    assert torch.isfinite(concept.embedding).all()

@@ -1,0 +1,76 @@
+"""A real gRPC server on a free port, on the tiny base and pack of tests/conftest.py."""
+
+from __future__ import annotations
+
+import functools
+import io
+import threading
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from serve.client import E4TClient
+from serve.engine import Engine
+from serve.server import create_server, stop_server
+
+
+def _png(size: tuple[int, int] = (48, 48), seed: int = 60) -> bytes:
+    buf = io.BytesIO()
+    Image.effect_noise(size, seed).convert("RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def png():
+    """png(size=(48, 48), seed=60) -> bytes of a noise image."""
+    return _png
+
+
+class Served:
+    """A started server and a client to it; `gate` holds model loading back until set."""
+
+    def __init__(self, base_dir: Path, pack_path: Path, store: Path, *, queue_size: int = 4, gated: bool = False):
+        self.store = store
+        self.gate = threading.Event()
+        if not gated:
+            self.gate.set()
+        load = functools.partial(Engine.load, base_dir, [pack_path], store, queue_size=queue_size)
+
+        def loader() -> Engine:
+            if not self.gate.wait(60):
+                raise TimeoutError("the test never opened the loading gate")
+            return load()
+
+        self.server, self.port = create_server(loader, "127.0.0.1:0", max_workers=8)
+        self.address = f"127.0.0.1:{self.port}"
+        self.client = E4TClient(self.address, timeout=120)
+
+    def close(self) -> None:
+        self.client.close()
+        self.gate.set()
+        stop_server(self.server, grace=1.0)
+
+
+@pytest.fixture
+def make_served(tiny_base_dir, tiny_pack_path, tmp_path):
+    """Factory of servers; all are stopped at the end of the test."""
+    started: list[Served] = []
+
+    def make(store: Path | None = None, **kwargs) -> Served:
+        served = Served(tiny_base_dir, tiny_pack_path, store or tmp_path / "store", **kwargs)
+        started.append(served)
+        return served
+
+    yield make
+    for served in started:
+        served.close()
+
+
+@pytest.fixture(scope="module")
+def served(tiny_base_dir, tiny_pack_path, tmp_path_factory):
+    """One ready server shared by a module's tests."""
+    s = Served(tiny_base_dir, tiny_pack_path, tmp_path_factory.mktemp("store"))
+    s.client.wait_ready(60)
+    yield s
+    s.close()
