@@ -77,7 +77,10 @@ class E4TEncoder(nn.Module):
         v = self.vision_proj(self.vision(pixel_values=x).pooler_output)
         if len(unet_features) != len(self.unet_proj):
             raise ValueError(f"expected {len(self.unet_proj)} UNet feature maps, got {len(unet_features)}")
-        u = torch.stack([proj(f).mean(dim=(2, 3)) for proj, f in zip(self.unet_proj, unet_features)]).mean(0)
+        # .contiguous(): some UNet outputs are strided views, and the CPU backward of GroupNorm
+        # on those crashes torch 2.13 (segfault)
+        u = torch.stack([proj(f.contiguous()).mean(dim=(2, 3)) for proj, f in zip(self.unet_proj, unet_features)])
+        u = u.mean(0)
         return self.config.scale * self.fuse(torch.cat([v, u], dim=-1))
 
 

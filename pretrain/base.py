@@ -12,6 +12,7 @@ rerun with unchanged inputs skips it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -34,7 +35,6 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file, save_file
-from shards.reader import make_pipeline, shard_urls
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -61,6 +61,7 @@ from pretrain.checkpoint import (
     stage_done,
     write_stamp,
 )
+from shards.reader import make_pipeline, shard_urls
 from shards.synth import DOMAINS
 
 StepCallback = Callable[[str, int], None]
@@ -89,9 +90,11 @@ class BaseTrainConfig:
     # Not part of any stage's hash: changing them never invalidates finished work.
     checkpoint_every: int = 250
     sample_every: int = 0
+    num_threads: int = 0  # 0: os.cpu_count(); fewer when other jobs share the cores (oversubscription is slow)
     # What the shipped folder holds, and how samples.png is drawn.
-    dtype: str = "float16"
+    dtype: str = "float32"
     sample_steps: int = 25
+    sample_per_prompt: int = 4
     guidance_scale: float = 7.5
 
     def __post_init__(self) -> None:
@@ -114,7 +117,7 @@ class BaseTrainConfig:
 PRESETS: dict[str, BaseTrainConfig] = {
     "tiny": BaseTrainConfig(
         vae_steps=3, vae_batch_size=8, vae_warmup=1, unet_steps=4, unet_batch_size=8, unet_warmup=1,
-        checkpoint_every=2, sample_steps=2, dtype="float32",
+        checkpoint_every=2, sample_steps=2, sample_per_prompt=1, num_threads=1,
     ),
     "default": BaseTrainConfig(),
 }
@@ -136,18 +139,27 @@ def train_base(
     Returns `out`, a plain `StableDiffusionPipeline` folder with `embedded.json` and `samples.png`.
     """
     # 0. inputs: every shard dir must carry a manifest; their hashes key every stage
-    out, work = Path(out), Path(out) / "work"
+    out = Path(out)
     dirs = [Path(d) for d in shards]
     if not dirs:
         raise ValueError("`shards` must name at least one shard directory but is empty.")
     for d in dirs:
         if not (d / "manifest.json").is_file():
             raise FileNotFoundError(f"Shard directory {d} should contain manifest.json but does not.")
-    inputs = {str(d.resolve()): file_sha256(d / "manifest.json") for d in dirs}
+    inputs = {str(d): file_sha256(d / "manifest.json") for d in dirs}  # paths for the record; hashes key the stages
     manifests = [json.loads((d / "manifest.json").read_text()) for d in dirs]
     urls = [u for d in dirs for u in shard_urls(d)]
-    torch.set_num_threads(os.cpu_count() or 1)
-    data = _Data(urls, arch, cfg)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
+    try:
+        return _train_stages(out, inputs, manifests, _Data(urls, arch, cfg), arch, cfg, progress, callback)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_stages(out: Path, inputs: dict[str, str], manifests: list[dict], data: _Data,
+                  arch: BaseArch, cfg: BaseTrainConfig, progress: bool, callback: StepCallback | None) -> Path:
+    work, shas = out / "work", list(inputs.values())  # moved shards with the same content stay up to date
     timings: dict[str, float] = {}
 
     def run_stage(name: str, key: str, body: Callable[[Path], dict[str, Any]]) -> Path:
@@ -166,13 +178,13 @@ def train_base(
         return stage_dir
 
     # 1. tokenizer: BPE on every caption of the base split, plus the domains' class words
-    tok_key = config_hash({"stage": 1, "inputs": inputs, "arch": [arch.vocab_merges, arch.max_tokens]})
+    tok_key = config_hash({"stage": 1, "inputs": shas, "arch": [arch.vocab_merges, arch.max_tokens]})
     tok_dir = run_stage("1-tokenizer", tok_key, lambda d: _stage_tokenizer(d, data, manifests, arch))
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
 
     # 2. VAE, then its scaling factor so that scaled latents have unit variance
     vae_arch = [arch.image_size, arch.latent_channels, list(arch.vae_channels)]
-    vae_key = config_hash({"stage": 2, "inputs": inputs, "arch": vae_arch, "cfg": cfg.subset("vae_", *_TRAIN_KEYS)})
+    vae_key = config_hash({"stage": 2, "inputs": shas, "arch": vae_arch, "cfg": cfg.subset("vae_", *_TRAIN_KEYS)})
     vae_dir = run_stage("2-vae", vae_key, lambda d: _stage_vae(d, vae_key, data, arch, cfg, progress, callback))
     vae = AutoencoderKL.from_pretrained(vae_dir / "model")
 
@@ -191,7 +203,7 @@ def train_base(
     )
 
     # 5. the shipped folder: a plain StableDiffusionPipeline, then samples.png drawn from it
-    save_key = config_hash({"stage": 5, "unet": unet_key, "cfg": [cfg.dtype, cfg.sample_steps, cfg.guidance_scale]})
+    save_key = config_hash({"stage": 5, "unet": unet_key, "cfg": cfg.subset("dtype", "sample_", "guidance")})
 
     def save(stage_dir: Path) -> dict[str, Any]:
         unet = UNet2DConditionModel.from_pretrained(unet_dir / "unet")
@@ -203,10 +215,10 @@ def train_base(
         }
         save_pipeline(out, tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, unet=unet, arch=arch,
                       dtype=getattr(torch, cfg.dtype), extra=extra)
-        pipe = StableDiffusionPipeline.from_pretrained(out, local_files_only=True, torch_dtype=torch.float32)
+        pipe = StableDiffusionPipeline.from_pretrained(out, local_files_only=True).to(dtype=torch.float32)
         prompts = json.loads((cache_dir / "prompts.json").read_text())
         sample_grid(pipe, prompts, out / "samples.png", steps=cfg.sample_steps, guidance=cfg.guidance_scale,
-                    seed=cfg.seed, progress=progress)
+                    per_prompt=cfg.sample_per_prompt, seed=cfg.seed, progress=progress)
         return {"samples": str(out / "samples.png")}
 
     run_stage("5-save", save_key, save)
@@ -265,7 +277,8 @@ def _stage_vae(stage_dir: Path, key: str, data: _Data, arch: BaseArch, cfg: Base
     # SD's trick: scale latents to unit variance so the noise schedule fits them.
     vae.eval()
     with torch.no_grad():
-        lat = [vae.encode(b["pixels"]).latent_dist.sample() for b, _ in zip(data.forever(64, cfg.seed + 7), range(16))]
+        batches = itertools.islice(data.forever(64, cfg.seed + 7), 16)
+        lat = [vae.encode(b["pixels"]).latent_dist.sample() for b in batches]
     std = torch.cat(lat).std().item()
     vae.register_to_config(scaling_factor=1.0 / std)
     vae.save_pretrained(stage_dir / "model", safe_serialization=True)
@@ -324,7 +337,8 @@ def _stage_unet(stage_dir: Path, key: str, cache_dir: Path, tokenizer: CLIPToken
 
     def on_step(stage: str, step: int) -> None:
         if cfg.sample_every and step % cfg.sample_every == 0:
-            _preview(stage_dir / f"samples-{step:06d}.png", cache_dir, tokenizer, text_encoder, vae, unet, ema, params, cfg)
+            path = stage_dir / f"samples-{step:06d}.png"
+            _preview(path, cache_dir, tokenizer, text_encoder, vae, unet, ema, params, cfg)
         if callback is not None:
             callback(stage, step)
 
@@ -350,7 +364,8 @@ def _preview(path: Path, cache_dir: Path, tokenizer: CLIPTokenizer, text_encoder
                                    scheduler=build_scheduler(), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     prompts = json.loads((cache_dir / "prompts.json").read_text())
-    sample_grid(pipe, prompts, path, steps=cfg.sample_steps, guidance=cfg.guidance_scale, seed=cfg.seed, progress=False)
+    sample_grid(pipe, prompts, path, steps=cfg.sample_steps, guidance=cfg.guidance_scale,
+                per_prompt=cfg.sample_per_prompt, seed=cfg.seed, progress=False)
     unet.train(), text_encoder.train()
     if ema is not None:
         ema.restore(params)
@@ -390,7 +405,8 @@ def _train_loop(
         if ema is not None:
             ema.step(params)
         smooth = loss.item() if math.isnan(smooth) else 0.98 * smooth + 0.02 * loss.item()
-        bar.set_postfix(loss=f"{smooth:.4f}", lr=f"{sched.get_last_lr()[0]:.1e}", **{k: f"{v:.4f}" for k, v in logs.items()})
+        logs = {"loss": smooth, **logs}
+        bar.set_postfix(lr=f"{sched.get_last_lr()[0]:.1e}", **{k: f"{v:.4f}" for k, v in logs.items()})
         done = step + 1
         if done % cfg.checkpoint_every == 0 and done < steps:
             save_checkpoint(ckpt, {
@@ -411,7 +427,7 @@ def sample_prompts(captions: list[str], metas: list[dict]) -> list[str]:
     E.g. "a photo of a face on the beach", "a sketch of a face", "a photo of a face wearing a hat".
     """
     by_domain: dict[str, list[tuple[str, dict]]] = {}
-    for caption, meta in zip(captions, metas):
+    for caption, meta in zip(captions, metas, strict=True):
         if isinstance(meta.get("context"), dict):
             by_domain.setdefault(str(meta.get("domain", "")), []).append((caption, meta["context"]))
     if not by_domain:  # samples without context labels: a spread of distinct captions

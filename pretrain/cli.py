@@ -24,6 +24,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     base.add_argument("--steps", type=int, default=None, metavar="N", help="override the UNet training steps")
     base.add_argument("--vae-steps", type=int, default=None, metavar="N", help="override the VAE training steps")
     base.add_argument("--dtype", choices=("float32", "float16"), default=None, help="dtype of the saved weights")
+    base.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads (default: all cores)")
     base.add_argument("--no-progress", action="store_true", help="hide progress bars")
     base.set_defaults(func=_run_base)
     return parser, sub
@@ -34,8 +35,8 @@ def _run_base(args: argparse.Namespace) -> int:
     from pretrain.arch import DEFAULT, TINY
     from pretrain.base import BaseTrainConfig, train_base
 
-    overrides = {k: v for k, v in (("unet_steps", args.steps), ("vae_steps", args.vae_steps), ("dtype", args.dtype))
-                 if v is not None}
+    given = {"unet_steps": args.steps, "vae_steps": args.vae_steps, "dtype": args.dtype, "num_threads": args.threads}
+    overrides = {k: v for k, v in given.items() if v is not None}
     cfg = BaseTrainConfig.preset(args.preset, **overrides)
     arch = TINY if args.preset == "tiny" else DEFAULT
     out = train_base(args.shards, args.out, arch=arch, cfg=cfg, progress=not args.no_progress)

@@ -8,8 +8,8 @@ from serve.protogen import ensure_generated
 
 ensure_generated()
 
-from serve.gen import e4t_v1_pb2 as pb2
-from serve.gen import e4t_v1_pb2_grpc as pb2_grpc
+from serve.gen import e4t_v1_pb2 as pb2  # noqa: E402 -- generated just above
+from serve.gen import e4t_v1_pb2_grpc as pb2_grpc  # noqa: E402
 
 SERVICE_NAME: str = pb2.DESCRIPTOR.services_by_name["E4T"].full_name
 

@@ -15,20 +15,19 @@ import logging
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
 
 def default_paths() -> tuple[Path, list[Path]]:
-    """The embedded default base and packs, relative to the repository root."""
-    base = REPO_ROOT / "artifacts" / "base"
-    packs = sorted((REPO_ROOT / "artifacts" / "packs").glob("*.safetensors"))
-    if not (base / "model_index.json").is_file() or not packs:
+    """The embedded default base and packs (`artifacts/` at the repository root, or $E4T_ARTIFACTS)."""
+    from e4t.embedded import default_paths as embedded_paths
+    from e4t.embedded import missing_artifacts
+
+    missing = missing_artifacts()
+    if missing:
         raise FileNotFoundError(
-            f"The embedded default expects a base at {base} and packs at {base.parent / 'packs'}/*.safetensors, "
-            f"but {'the base' if not base.is_dir() else 'they'} are missing. Build them (see the README) "
-            "or pass --base and --pack."
+            f"The embedded default is not built: missing {' and '.join(missing)}. "
+            "Build it (`e4t pretrain ...`, see the README), or pass --base and --pack."
         )
-    return base, packs
+    return embedded_paths()
 
 
 def build_parser() -> argparse.ArgumentParser:

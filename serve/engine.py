@@ -238,7 +238,7 @@ class Engine:
         limits = self.limits
         steps = DEFAULT_PERSONALIZE_STEPS if steps is None else steps
         seed = 0 if seed is None else seed
-        check_range("steps", steps, 1, limits.max_personalize_steps)
+        check_range("steps", steps, 0, limits.max_personalize_steps)  # 0: the encoder's guess, untuned
         check_range("seed", seed, 0, limits.max_seed)
         method = check_method(method, METHODS)
         owner = check_owner(owner, limits)

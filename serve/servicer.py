@@ -55,7 +55,7 @@ def _rpc(method: Callable) -> Callable:
         def stream(self: E4TServicer, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             try:
                 yield from method(self, request, context)
-            except Exception as e:  # noqa: BLE001 -- every error becomes a status, here and only here
+            except Exception as e:  # every error becomes a status, here and only here
                 fail(context, e)
 
         return stream
@@ -64,7 +64,7 @@ def _rpc(method: Callable) -> Callable:
     def unary(self: E4TServicer, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             return method(self, request, context)
-        except Exception as e:  # noqa: BLE001 -- every error becomes a status, here and only here
+        except Exception as e:  # every error becomes a status, here and only here
             fail(context, e)
 
     return unary
@@ -90,7 +90,8 @@ def _optional(request: Any, name: str) -> Any:
 
 def _follow(job: Job, context: grpc.ServicerContext) -> Iterator[tuple[str, Any]]:
     # fires when the RPC ends for any reason (cancel, deadline, done): the worker then skips or stops the job
-    context.add_callback(job.cancel)
+    if not context.add_callback(job.cancel):  # the RPC already ended
+        job.cancel()
     return job.events()
 
 

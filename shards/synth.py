@@ -14,7 +14,7 @@ from shards.images import png_bytes
 from shards.splits import SPLITS, check_splits, split_of
 from shards.writer import ShardSetWriter
 
-# domain name -> renderer module (DOMAIN, CLASS_WORD, WORLD_VERSION, ATTRIBUTES, identity_attributes,
+# domain name -> renderer module (DOMAIN, CLASS_WORD, WORLD_VERSION, ATTRIBUTES, identity_name, identity_attributes,
 # sample_context, sample_nuisance, render, caption_for)
 DOMAINS: dict[str, ModuleType] = {"faces": faces}
 
@@ -22,27 +22,16 @@ DOMAINS: dict[str, ModuleType] = {"faces": faces}
 def get_domain(domain: str) -> ModuleType:
     """The renderer module of a synthetic domain, with a clear error for unknown names."""
     if domain not in DOMAINS:
-        raise ValueError(
-            f"synthetic `domain` must be one of {sorted(DOMAINS)} but is {domain!r}."
-        )
+        raise ValueError(f"synthetic `domain` must be one of {sorted(DOMAINS)} but is {domain!r}.")
     return DOMAINS[domain]
 
 
-def identity_name(domain: str, index: int, seed: int) -> str:
-    """Identity string, e.g. "faces/s0/000042"; its hash fixes the identity's split."""
-    return f"{domain}/s{seed}/{index:06d}"
-
-
-def render_sample(
-    domain: str, index: int, view: int, size: int, seed: int
-) -> tuple[str, bytes, dict]:
+def render_sample(domain: str, index: int, view: int, size: int, seed: int) -> tuple[str, bytes, dict]:
     """Render view `view` of identity `index`: returns (key, png bytes, json metadata)."""
     mod = get_domain(domain)
-    identity = identity_name(domain, index, seed)
+    identity = mod.identity_name(index, seed)
     attributes = mod.identity_attributes(index, seed)
-    rng = random.Random(
-        f"{identity}/view{view}"
-    )  # per-view stream: views are independent of each other
+    rng = random.Random(f"{identity}/view{view}")  # per-view stream: views are independent of each other
     context = mod.sample_context(rng)
     nuisance = mod.sample_nuisance(rng)
     img = mod.render(attributes, context, nuisance, size)
@@ -90,11 +79,7 @@ def synthesize(
             raise ValueError(f"`{name}` must be an integer >= {low} but is {value!r}.")
     selected = check_splits(splits) if splits is not None else SPLITS
     # 2. pick identities; the split is a hash of the name, so filtering costs nothing
-    chosen = [
-        i
-        for i in range(identities)
-        if split_of(identity_name(domain, i, seed)) in selected
-    ]
+    chosen = [i for i in range(identities) if split_of(mod.identity_name(i, seed)) in selected]
     counts = {s: 0 for s in SPLITS}
     # 3. render and write
     with ShardSetWriter(out, domain, created_by="e4t shards synth", maxcount=maxcount) as writer:

@@ -12,7 +12,6 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Self
 
 import webdataset as wds
 
@@ -31,9 +30,7 @@ def sha256_file(path: str | Path) -> str:
 
 def encode_json(meta: dict) -> bytes:
     """Canonical JSON bytes (sorted keys) so equal metadata gives equal shards."""
-    return json.dumps(
-        meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    ).encode("utf-8")
+    return json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def write_manifest(out: str | Path, manifest: dict) -> Path:
@@ -61,9 +58,7 @@ def read_manifest(directory: str | Path) -> dict:
         manifest = json.load(f)
     for field in ("name", "domain", "num_samples", "shards"):
         if field not in manifest:
-            raise ValueError(
-                f"{path} must have the field {field!r} but has only {sorted(manifest)}."
-            )
+            raise ValueError(f"{path} must have the field {field!r} but has only {sorted(manifest)}.")
     return manifest
 
 
@@ -83,9 +78,7 @@ class ShardSetWriter:
         maxsize: float = 1e9,
     ) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.]+", name):
-            raise ValueError(
-                f"shard set `name` must match [A-Za-z0-9_.]+ but is {name!r}."
-            )
+            raise ValueError(f"shard set `name` must match [A-Za-z0-9_.]+ but is {name!r}.")
         if maxcount < 1:
             raise ValueError(f"`maxcount` must be at least 1 but is {maxcount}.")
         self.out, self.name, self.created_by = Path(out), name, created_by
@@ -119,9 +112,7 @@ class ShardSetWriter:
         if ext not in IMAGE_EXTS:
             raise ValueError(f"image `ext` must be one of {IMAGE_EXTS} but is {ext!r}.")
         if "." in key or not key or key in self._keys:
-            raise ValueError(
-                f"sample keys must be unique, non-empty and free of dots but got {key!r}."
-            )
+            raise ValueError(f"sample keys must be unique, non-empty and free of dots but got {key!r}.")
         if self._sink is None:
             # mtime=0: no timestamps in the tars, so the same inputs give the same bytes
             self._sink = wds.ShardWriter(
@@ -165,7 +156,7 @@ class ShardSetWriter:
             self._sink.tarstream.close()
         self._sink = None
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> ShardSetWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -40,8 +40,8 @@ PERSONALIZE_CASES = {
     "no image": (dict(image=b""), INVALID, "`image` is required"),
     "unknown domain": (dict(domain="dragons"), NOT_FOUND, "domain 'dragons' does not exist; available: faces"),
     "other method": (dict(method="dreambooth"), INVALID, "method dreambooth is not available; available: e4t"),
-    "steps 0": (dict(steps=0), INVALID, "`steps` has to be in [1, 50] but is 0"),
-    "steps 51": (dict(steps=51), INVALID, "`steps` has to be in [1, 50] but is 51"),
+    "steps -1": (dict(steps=-1), INVALID, "`steps` has to be in [0, 50] but is -1"),
+    "steps 51": (dict(steps=51), INVALID, "`steps` has to be in [0, 50] but is 51"),
     "negative seed": (dict(seed=-1), INVALID, "`seed`"),
     "bad mask": (dict(mask=b"nope"), INVALID, "mask could not be decoded"),
 }
@@ -88,7 +88,7 @@ def test_bad_generate(served, case):
 def test_bad_concept_requests(served):
     stub = served.client.stub
     cases = [
-        (lambda: stub.GetConcept(pb2.GetConceptRequest(id="../../etc/passwd")), INVALID, "c_ followed by 12"),
+        (lambda: stub.GetConcept(pb2.GetConceptRequest(id="../../etc/passwd")), INVALID, "`c_` followed by 12"),
         (lambda: stub.GetConcept(pb2.GetConceptRequest(id="c_000000000000")), NOT_FOUND, "does not exist"),
         (lambda: stub.DeleteConcept(pb2.DeleteConceptRequest(id="c_000000000000")), NOT_FOUND, "does not exist"),
         (lambda: stub.ListConcepts(pb2.ListConceptsRequest(page_size=5000)), INVALID, "`page_size`"),
@@ -136,3 +136,15 @@ def test_full_queue_cancel_and_deadline(make_served, png):
     check_still_serves(served, png)
     served.close()
     assert [r.steps for r in ConceptStore(served.store).list()[0]] == [1]
+
+
+def test_broken_stored_concept_is_internal_with_a_generic_message(served, png, caplog):
+    concept = served.client.personalize(png(), "faces", steps=0)
+    (served.store / f"{concept['id']}.safetensors").write_bytes(b"\0" * 64)  # the disk broke, not the request
+    request = pb2.GenerateRequest(prompt=f"{{{concept['id']}}}", num_images=1, steps=1)
+    with caplog.at_level("ERROR"):
+        code, details = status_of(lambda: served.client.stub.Generate(request))
+    assert code == grpc.StatusCode.INTERNAL and details == "internal error; see the server log."
+    assert str(served.store) not in details and concept["id"] in caplog.text  # the traceback is in the log only
+    served.client.delete_concept(concept["id"])
+    check_still_serves(served, png)

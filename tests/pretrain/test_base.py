@@ -1,0 +1,122 @@
+"""`e4t pretrain base` on a tiny real world: trains, reloads as a plain pipeline, skips, resumes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from pretrain.arch import TINY
+from pretrain.base import BaseTrainConfig, train_base
+from pretrain.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from pretrain.cli import main
+from shards.synth import synthesize
+
+STAGES = ("1-tokenizer", "2-vae", "3-latents", "4-unet", "5-save")
+TINY_CFG = BaseTrainConfig.preset("tiny")
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("shards") / "faces"
+    synthesize("faces", 40, 2, 64, 0, out, splits=["base"], progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(shard_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("base") / "base"
+    return train_base([shard_dir], out, arch=TINY, cfg=TINY_CFG, progress=False)
+
+
+def test_folder_is_a_plain_pipeline_that_generates(trained: Path) -> None:
+    pipe = StableDiffusionPipeline.from_pretrained(trained, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a sketch of a face on the beach", num_inference_steps=2, height=64, width=64,
+                 generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (64, 64)
+    # the latents the UNet was trained on have unit variance once scaled
+    std = json.loads((trained / "work" / "2-vae" / "stage.json").read_text())["latent_std"]
+    assert pipe.vae.config.scaling_factor == pytest.approx(1.0 / std)
+    info = json.loads((trained / "embedded.json").read_text())
+    assert info["steps"] == {"vae": TINY_CFG.vae_steps, "unet": TINY_CFG.unet_steps}
+    assert set(info["timings"]) >= {"1-tokenizer", "2-vae", "3-latents", "4-unet"}
+    assert info["world_version"] == [1] and info["arch"]["unet_channels"] == list(TINY.unet_channels)
+    # the class word is one token, as E4T's placeholder initialisation expects
+    assert len(pipe.tokenizer("face", add_special_tokens=False).input_ids) == 1
+    assert (trained / "samples.png").stat().st_size > 0
+    assert not list((trained / "work").rglob("ckpt.pt")), "finished stages should drop their resume checkpoints"
+
+
+def test_latent_cache_covers_the_base_split(trained: Path) -> None:
+    from safetensors.torch import load_file
+
+    cache = load_file(trained / "work" / "3-latents" / "latents.safetensors")
+    captions = json.loads((trained / "work" / "3-latents" / "captions.json").read_text())
+    assert cache["mean"].shape == cache["std"].shape == (len(captions), TINY.latent_channels, 16, 16)
+    assert all(" face" in c for c in captions)
+
+
+def test_rerun_with_same_inputs_skips_every_stage(trained: Path, shard_dir: Path) -> None:
+    stamps = {s: (trained / "work" / s / "stage.json").read_text() for s in STAGES}
+
+    def no_training(stage: str, step: int) -> None:
+        raise AssertionError(f"{stage} trained step {step} although its inputs did not change")
+
+    train_base([shard_dir], trained, arch=TINY, cfg=TINY_CFG, progress=False, callback=no_training)
+    # checkpoint_every is not part of any stage's hash; the CLI with the same preset skips too
+    train_base([shard_dir], trained, arch=TINY, cfg=replace(TINY_CFG, checkpoint_every=5), progress=False,
+               callback=no_training)
+    assert main(["base", "--shards", str(shard_dir), "--out", str(trained), "--preset", "tiny", "--no-progress"]) == 0
+    assert {s: (trained / "work" / s / "stage.json").read_text() for s in STAGES} == stamps
+
+
+def test_killed_unet_stage_resumes_from_its_last_checkpoint(trained: Path, shard_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "base"
+    shutil.copytree(trained / "work", out / "work")  # stages 1-3 are reused; 4 has new config
+    cfg = replace(TINY_CFG, unet_steps=5, checkpoint_every=2)
+    seen: list[tuple[str, int]] = []
+
+    def kill_at_3(stage: str, step: int) -> None:
+        seen.append((stage, step))
+        if (stage, step) == ("4-unet", 3):
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        train_base([shard_dir], out, arch=TINY, cfg=cfg, progress=False, callback=kill_at_3)
+    assert seen == [("4-unet", 1), ("4-unet", 2), ("4-unet", 3)], "stages 1-3 should have been skipped"
+    assert load_checkpoint(out / "work" / "4-unet" / "ckpt.pt")["step"] == 2
+    assert not (out / "work" / "4-unet" / "stage.json").exists()
+
+    seen.clear()
+    train_base([shard_dir], out, arch=TINY, cfg=cfg, progress=False, callback=lambda s, n: seen.append((s, n)))
+    assert seen == [("4-unet", 3), ("4-unet", 4), ("4-unet", 5)]
+    stamp = json.loads((out / "work" / "4-unet" / "stage.json").read_text())
+    assert stamp["resumed_from"] == 2
+    StableDiffusionPipeline.from_pretrained(out, local_files_only=True)
+
+
+def test_checkpoint_roundtrip_restores_rng(tmp_path: Path) -> None:
+    assert load_checkpoint(tmp_path / "missing.pt") is None
+    state = {"step": 7, "rng": capture_rng(), "w": torch.arange(3)}
+    expected = torch.rand(4)
+    save_checkpoint(tmp_path / "c.pt", state)
+    loaded = load_checkpoint(tmp_path / "c.pt")
+    restore_rng(loaded["rng"])
+    assert loaded["step"] == 7 and torch.equal(loaded["w"], torch.arange(3))
+    assert torch.equal(torch.rand(4), expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"], "the atomic write should leave no temp file"
+
+
+def test_missing_manifest_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="manifest.json"):
+        train_base([tmp_path], tmp_path / "out", arch=TINY, cfg=TINY_CFG, progress=False)
