@@ -54,12 +54,17 @@ class Base:
 
 
 def folder_hash(path: str | Path) -> str:
-    """sha256 over the weights and configs of a diffusers folder (file names and bytes, sorted)."""
+    """sha256 over model_index.json and the files of each pipeline component (names and bytes, sorted).
+
+    Anything else in the folder (training notes, samples, work files) does not change the hash.
+    """
     root = Path(path)
+    index = json.loads((root / "model_index.json").read_text())
+    files = [root / "model_index.json"]
+    for component in sorted(k for k in index if not k.startswith("_") and (root / k).is_dir()):
+        files += sorted(p for p in (root / component).rglob("*") if p.is_file())
     h = hashlib.sha256()
-    for f in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in {".json", ".txt", ".safetensors"}):
-        if f.name == "embedded.json":  # training notes, not the model
-            continue
+    for f in files:
         h.update(str(f.relative_to(root)).encode())
         with f.open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):

@@ -80,7 +80,8 @@ class DomainModel(nn.Module):
 
 
 def _inputs_fingerprint(base_hash: str, shard_dirs: list[Path], cfg: DomainTrainConfig, domain: str) -> str:
-    h = hashlib.sha256(json.dumps({"base": base_hash, "cfg": asdict(cfg), "domain": domain}, sort_keys=True).encode())
+    settings = {k: v for k, v in asdict(cfg).items() if k != "checkpoint_every"}  # cadence never changes results
+    h = hashlib.sha256(json.dumps({"base": base_hash, "cfg": settings, "domain": domain}, sort_keys=True).encode())
     for d in shard_dirs:
         h.update((d / "manifest.json").read_bytes())
     return h.hexdigest()[:16]
@@ -135,6 +136,8 @@ def train_domain(
                 f"checkpoints in {work} come from other inputs or settings; delete that folder to start over"
             )
         step = client["step"]
+        if rank == 0:
+            print(f"resuming from step {step} ({work})", flush=True)
         restore_rng(client["rng"][rank] if rank < len(client["rng"]) else client["rng"][0])
 
     # 5. data: resampled shards of the pretraining split, a different stream per rank and restart

@@ -9,14 +9,14 @@ from types import ModuleType
 
 from tqdm import tqdm
 
-from shards import faces
+from shards import cats, faces
 from shards.images import png_bytes
 from shards.splits import SPLITS, check_splits, split_of
 from shards.writer import ShardSetWriter
 
 # domain name -> renderer module (DOMAIN, CLASS_WORD, WORLD_VERSION, ATTRIBUTES, identity_name, identity_attributes,
 # sample_context, sample_nuisance, render, caption_for)
-DOMAINS: dict[str, ModuleType] = {"faces": faces}
+DOMAINS: dict[str, ModuleType] = {"faces": faces, "cats": cats}
 
 
 def get_domain(domain: str) -> ModuleType:
