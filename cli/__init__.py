@@ -12,6 +12,7 @@ COMMANDS = {
     "serve": ("serve.cli", "run the gRPC server"),
     "client": ("serve.client_cli", "call a running server: personalize, generate, list, get, delete"),
     "demo": ("cli.demo", "the whole flow on the embedded default, writing a grid of results"),
+    "eval": ("evaluation.cli", "measure personalization: identity, context fidelity, diversity"),
 }
 
 

@@ -25,12 +25,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import (
-    AutoencoderKL,
-    DDPMScheduler,
-    StableDiffusionPipeline,
-    UNet2DConditionModel,
-)
+from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from PIL import Image, ImageDraw
@@ -38,29 +33,9 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from pretrain.arch import (
-    DEFAULT,
-    BaseArch,
-    build_scheduler,
-    build_text_encoder,
-    build_unet,
-    build_vae,
-    save_pipeline,
-)
+from pretrain import checkpoint as ck
+from pretrain.arch import DEFAULT, BaseArch, build_scheduler, build_text_encoder, build_unet, build_vae, save_pipeline
 from pretrain.arch import train_tokenizer as _train_bpe
-from pretrain.checkpoint import (
-    capture_rng,
-    clear_stamp,
-    config_hash,
-    file_sha256,
-    load_checkpoint,
-    read_stamp,
-    restore_rng,
-    save_checkpoint,
-    seed_everything,
-    stage_done,
-    write_stamp,
-)
 from shards.reader import make_pipeline, shard_urls
 from shards.synth import DOMAINS
 
@@ -71,16 +46,16 @@ StepCallback = Callable[[str, int], None]
 class BaseTrainConfig:
     """How the embedded base is trained. Fields prefixed `vae_` / `unet_` belong to one stage."""
 
-    vae_steps: int = 1500
+    vae_steps: int = 700
     vae_batch_size: int = 32
     vae_lr: float = 1e-3
-    vae_warmup: int = 100
+    vae_warmup: int = 50
     vae_kl_weight: float = 1e-6
     vae_l1_weight: float = 1.0
-    unet_steps: int = 4000
+    unet_steps: int = 2200
     unet_batch_size: int = 32
     unet_lr: float = 5e-4
-    unet_warmup: int = 200
+    unet_warmup: int = 150
     unet_caption_dropout: float = 0.1
     unet_ema: bool = True
     unet_ema_max_decay: float = 0.999
@@ -88,7 +63,7 @@ class BaseTrainConfig:
     weight_decay: float = 1e-2
     seed: int = 0
     # Not part of any stage's hash: changing them never invalidates finished work.
-    checkpoint_every: int = 250
+    checkpoint_every: int = 200
     sample_every: int = 0
     num_threads: int = 0  # 0: os.cpu_count(); fewer when other jobs share the cores (oversubscription is slow)
     # What the shipped folder holds, and how samples.png is drawn.
@@ -146,7 +121,7 @@ def train_base(
     for d in dirs:
         if not (d / "manifest.json").is_file():
             raise FileNotFoundError(f"Shard directory {d} should contain manifest.json but does not.")
-    inputs = {str(d): file_sha256(d / "manifest.json") for d in dirs}  # paths for the record; hashes key the stages
+    inputs = {str(d): ck.file_sha256(d / "manifest.json") for d in dirs}  # paths for the record; hashes key the stages
     manifests = [json.loads((d / "manifest.json").read_text()) for d in dirs]
     urls = [u for d in dirs for u in shard_urls(d)]
     threads = torch.get_num_threads()
@@ -164,36 +139,36 @@ def _train_stages(out: Path, inputs: dict[str, str], manifests: list[dict], data
 
     def run_stage(name: str, key: str, body: Callable[[Path], dict[str, Any]]) -> Path:
         stage_dir = work / name
-        if stage_done(stage_dir, key):
-            timings[name] = read_stamp(stage_dir).get("seconds", 0.0)
+        if ck.stage_done(stage_dir, key):
+            timings[name] = ck.read_stamp(stage_dir).get("seconds", 0.0)
             if progress:
                 tqdm.write(f"[pretrain base] {name}: up to date, skipped")
             return stage_dir
-        clear_stamp(stage_dir)
+        ck.clear_stamp(stage_dir)
         stage_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         info = body(stage_dir)
         timings[name] = round(time.perf_counter() - t0, 2)
-        write_stamp(stage_dir, key, {"seconds": timings[name], **info})
+        ck.write_stamp(stage_dir, key, {"seconds": timings[name], **info})
         return stage_dir
 
     # 1. tokenizer: BPE on every caption of the base split, plus the domains' class words
-    tok_key = config_hash({"stage": 1, "inputs": shas, "arch": [arch.vocab_merges, arch.max_tokens]})
+    tok_key = ck.config_hash({"stage": 1, "inputs": shas, "arch": [arch.vocab_merges, arch.max_tokens]})
     tok_dir = run_stage("1-tokenizer", tok_key, lambda d: _stage_tokenizer(d, data, manifests, arch))
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
 
     # 2. VAE, then its scaling factor so that scaled latents have unit variance
     vae_arch = [arch.image_size, arch.latent_channels, list(arch.vae_channels)]
-    vae_key = config_hash({"stage": 2, "inputs": shas, "arch": vae_arch, "cfg": cfg.subset("vae_", *_TRAIN_KEYS)})
+    vae_key = ck.config_hash({"stage": 2, "inputs": shas, "arch": vae_arch, "cfg": cfg.subset("vae_", *_TRAIN_KEYS)})
     vae_dir = run_stage("2-vae", vae_key, lambda d: _stage_vae(d, vae_key, data, arch, cfg, progress, callback))
     vae = AutoencoderKL.from_pretrained(vae_dir / "model")
 
     # 3. latent cache: the whole base split encoded once; the UNet stage reads only this
-    cache_key = config_hash({"stage": 3, "vae": vae_key})
+    cache_key = ck.config_hash({"stage": 3, "vae": vae_key})
     cache_dir = run_stage("3-latents", cache_key, lambda d: _stage_latents(d, data, vae, progress))
 
     # 4. UNet and text encoder, jointly, from scratch
-    unet_key = config_hash(
+    unet_key = ck.config_hash(
         {"stage": 4, "tokenizer": tok_key, "latents": cache_key, "arch": arch.to_json(),
          "cfg": cfg.subset("unet_", *_TRAIN_KEYS)}
     )
@@ -203,7 +178,7 @@ def _train_stages(out: Path, inputs: dict[str, str], manifests: list[dict], data
     )
 
     # 5. the shipped folder: a plain StableDiffusionPipeline, then samples.png drawn from it
-    save_key = config_hash({"stage": 5, "unet": unet_key, "cfg": cfg.subset("dtype", "sample_", "guidance")})
+    save_key = ck.config_hash({"stage": 5, "unet": unet_key, "cfg": cfg.subset("dtype", "sample_", "guidance")})
 
     def save(stage_dir: Path) -> dict[str, Any]:
         unet = UNet2DConditionModel.from_pretrained(unet_dir / "unet")
@@ -258,7 +233,7 @@ def _stage_tokenizer(stage_dir: Path, data: _Data, manifests: list[dict], arch: 
 
 def _stage_vae(stage_dir: Path, key: str, data: _Data, arch: BaseArch, cfg: BaseTrainConfig,
                progress: bool, callback: StepCallback | None) -> dict[str, Any]:
-    seed_everything(cfg.seed)
+    ck.seed_everything(cfg.seed)
     vae = build_vae(arch)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=cfg.weight_decay)
     sched = get_cosine_schedule_with_warmup(opt, cfg.vae_warmup, cfg.vae_steps)
@@ -305,7 +280,7 @@ def _stage_latents(stage_dir: Path, data: _Data, vae: AutoencoderKL, progress: b
 
 def _stage_unet(stage_dir: Path, key: str, cache_dir: Path, tokenizer: CLIPTokenizer, vae: AutoencoderKL,
                 arch: BaseArch, cfg: BaseTrainConfig, progress: bool, callback: StepCallback | None) -> dict[str, Any]:
-    seed_everything(cfg.seed)
+    ck.seed_everything(cfg.seed)
     cache = load_file(cache_dir / "latents.safetensors")
     mean, std, scale = cache["mean"], cache["std"], vae.config.scaling_factor
     captions = json.loads((cache_dir / "captions.json").read_text())
@@ -379,7 +354,7 @@ def _train_loop(
 ) -> dict[str, Any]:
     """The one training loop: resume, step, clip, EMA, checkpoint every `cfg.checkpoint_every` steps."""
     params = params or [p for m in models.values() for p in m.parameters()]
-    start, state = 0, load_checkpoint(ckpt)
+    start, state = 0, ck.load_checkpoint(ckpt)
     if state is not None and state.get("key") == key:  # a checkpoint of other inputs/config is stale
         for name, model in models.items():
             model.load_state_dict(state["models"][name])
@@ -387,7 +362,7 @@ def _train_loop(
         sched.load_state_dict(state["lr_scheduler"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
-        restore_rng(state["rng"])
+        ck.restore_rng(state["rng"])
         start = state["step"]
     for model in models.values():
         model.train()
@@ -409,11 +384,11 @@ def _train_loop(
         bar.set_postfix(lr=f"{sched.get_last_lr()[0]:.1e}", **{k: f"{v:.4f}" for k, v in logs.items()})
         done = step + 1
         if done % cfg.checkpoint_every == 0 and done < steps:
-            save_checkpoint(ckpt, {
+            ck.save_checkpoint(ckpt, {
                 "key": key, "stage": stage, "step": done, "config": asdict(cfg),
                 "models": {n: m.state_dict() for n, m in models.items()}, "optimizer": opt.state_dict(),
                 "lr_scheduler": sched.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                "rng": capture_rng(),
+                "rng": ck.capture_rng(),
             })
         if callback is not None:
             callback(stage, done)

@@ -27,7 +27,35 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     base.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads (default: all cores)")
     base.add_argument("--no-progress", action="store_true", help="hide progress bars")
     base.set_defaults(func=_run_base)
+
+    from pretrain.domain import add_arguments  # light: no torch import at module level beyond typing
+
+    domain = sub.add_parser("domain", help="E4T domain pretraining (encoder + weight offsets) under DeepSpeed")
+    add_arguments(domain)
+    domain.add_argument("--num-procs", type=int, default=1, help="local processes; the cores are split among them")
+    domain.set_defaults(func=_run_domain)
+
+    embedded = sub.add_parser("embedded", help="rebuild every embedded artifact (shards, base, packs, judges)")
+    embedded.add_argument("--work", type=Path, default=None, help="shards, checkpoints and caches (default: runs/embedded)")
+    embedded.add_argument("--num-procs", type=int, default=2, help="processes for domain pretraining")
+    embedded.set_defaults(func=_run_embedded)
     return parser, sub
+
+
+def _run_domain(args: argparse.Namespace) -> int:
+    from pretrain.domain import launch
+
+    if args.num_procs < 1:
+        raise ValueError(f"`--num-procs` must be at least 1 but is {args.num_procs}")
+    return launch(args)
+
+
+def _run_embedded(args: argparse.Namespace) -> int:
+    from pretrain.embedded import build_embedded
+
+    kwargs = {"work": args.work} if args.work is not None else {}
+    build_embedded(num_procs=args.num_procs, **kwargs)
+    return 0
 
 
 def _run_base(args: argparse.Namespace) -> int:

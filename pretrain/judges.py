@@ -235,7 +235,7 @@ def train_identity(data: Renders, domains: list[str], cfg: JudgeTrainConfig, pro
         attr_loss = sum(F.cross_entropy(h(emb) * 8.0, labels[:, i], ignore_index=-1)
                         for i, h in enumerate(attr_heads) if (labels[:, i] >= 0).any())
         acc = (cos.argmax(-1) == y).float().mean()
-        return id_loss + cfg.attribute_weight * attr_loss, {"id": f"{id_loss.item():.2f}", "attr": f"{float(attr_loss):.2f}", "acc": f"{acc.item():.2f}"}
+        return id_loss + cfg.attribute_weight * attr_loss, {"id": f"{id_loss.item():.2f}", "attr": f"{float(attr_loss.detach()):.2f}", "acc": f"{acc.item():.2f}"}
 
     _loop("identity", [judge, attr_heads, cls_module], loss_fn, data, cfg, progress)
     return judge.to(memory_format=torch.contiguous_format)
@@ -277,7 +277,8 @@ def verification(sim: torch.Tensor, same: torch.Tensor, valid: torch.Tensor, fol
     accs = []
     for train_fold in (True, False):
         tr, te = f == train_fold, f != train_fold
-        thr = grid[balanced(s[tr], y[tr], grid).argmax()]
+        acc = balanced(s[tr], y[tr], grid)
+        thr = grid[(acc == acc.max()).nonzero().flatten()].median()  # the middle of the best plateau, not its edge
         accs.append(float(balanced(s[te], y[te], thr[None])))
     far_thr = torch.quantile(s[~y].float(), 0.99)
     return {

@@ -1,0 +1,1 @@
+"""`e4t eval`: measures personalization (identity, context fidelity, diversity) on held-out subjects."""

@@ -1,0 +1,142 @@
+"""`e4t eval`: measure personalization on held-out subjects (DreamBooth's protocol on the embedded worlds).
+
+    e4t eval --out out/eval                                   # embedded artifacts, faces, steps 0,1,5,15
+    e4t eval --out out/eval --all-domains --steps 0,5         # every loaded pack
+    e4t eval --out out/eval --quick                           # 2 subjects x 2 prompts x 2 images
+    e4t eval --out out/eval --base BASE --pack faces.safetensors --judges JUDGES --clip CLIP_DIR --dino DINO_DIR
+
+Writes OUT/metrics.json (protocol and rows) and OUT/report.html (table, plots, image grids; self-contained).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as 0,1,5,15 but got {text!r}"
+        ) from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="e4t eval",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[2:]),
+    )
+    p.add_argument("--out", required=True, type=Path, help="output folder for metrics.json and report.html")
+    p.add_argument("--base", type=Path, default=None, help="base model folder (default: the embedded base)")
+    p.add_argument(
+        "--pack",
+        action="append",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="domain pack (repeatable; default: the embedded packs)",
+    )
+    p.add_argument("--judges", type=Path, default=None, metavar="DIR", help="judges folder (default: artifacts/judges)")
+    p.add_argument("--domains", default=None, help="comma-separated domains to evaluate (default: faces)")
+    p.add_argument(
+        "--all-domains", action="store_true", help="evaluate every loaded pack (fewer subjects for the others)"
+    )
+    p.add_argument(
+        "--subjects", type=int, default=None, help="held-out subjects per domain (default: 10; 2 with --quick)"
+    )
+    p.add_argument(
+        "--other-subjects", type=int, default=None, help="subjects of the non-main domains with --all-domains"
+    )
+    p.add_argument(
+        "--steps", type=_int_list, default=None, help="E4T tuning-step counts, one row each (default: 0,1,5,15)"
+    )
+    p.add_argument("--images", type=int, default=None, help="images per prompt (default: 4; 2 with --quick)")
+    p.add_argument("--denoise-steps", type=int, default=None, help="denoising steps (default: 25; 3 with --quick)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: 7.5)")
+    p.add_argument("--seed", type=int, default=None, help="tuning seed; generation seeds derive from it (default: 0)")
+    p.add_argument("--grid-images", type=int, default=None, help="images per cell of the report's grids (default: 1)")
+    p.add_argument("--quick", action="store_true", help="2 subjects x 2 prompts x 2 images, 3 denoising steps")
+    p.add_argument("--clip", type=Path, default=None, help="CLIPModel + CLIPProcessor folder: adds CLIP-I and CLIP-T")
+    p.add_argument("--dino", type=Path, default=None, help="DINO ViT AutoModel + AutoImageProcessor folder: adds DINO")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Imported here so `e4t eval --help` answers without loading torch.
+    import torch
+
+    from e4t.errors import E4TError
+    from evaluation.harness import EvalConfig, evaluate
+
+    given = {
+        "subjects": args.subjects,
+        "other_subjects": args.other_subjects,
+        "steps": args.steps,
+        "images_per_prompt": args.images,
+        "denoise_steps": args.denoise_steps,
+        "guidance": args.guidance,
+        "seed": args.seed,
+        "grid_images": args.grid_images,
+        "all_domains": args.all_domains or None,
+        "domains": tuple(d.strip() for d in args.domains.split(",") if d.strip()) if args.domains else None,
+    }
+    overrides = {k: v for k, v in given.items() if v is not None}
+    threads = torch.get_num_threads()
+    if args.threads:
+        # tiny models gain little from more threads, and on a shared machine extra threads thrash
+        torch.set_num_threads(args.threads)
+    try:
+        config = EvalConfig.quick_config(**overrides) if args.quick else EvalConfig(**overrides)
+        result = evaluate(
+            args.out,
+            base_dir=args.base,
+            pack_paths=args.pack,
+            judges_dir=args.judges,
+            config=config,
+            clip=args.clip,
+            dino=args.dino,
+            progress=not args.no_progress,
+        )
+    except (ValueError, FileNotFoundError, E4TError) as err:
+        parser.exit(2, f"e4t eval: error: {err}\n")
+    finally:
+        torch.set_num_threads(threads)
+    print(format_table(result["rows"]))
+    print(f"wrote {args.out / 'metrics.json'} and {args.out / 'report.html'} in {result['wall_s']} s")
+    return 0
+
+
+def format_table(rows: list[dict]) -> str:
+    """The rows as a plain-text table for the terminal."""
+    cols = [
+        c
+        for c in (
+            "domain",
+            "method",
+            "steps",
+            "id_sim",
+            "context_acc",
+            "diversity",
+            "clip_i",
+            "clip_t",
+            "dino",
+            "n_images",
+            "tune_s",
+        )
+        if any(c in r for r in rows)
+    ]
+    cell = lambda v: "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    table = [cols] + [[cell(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(cols))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)) for line in table)

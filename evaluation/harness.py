@@ -1,0 +1,326 @@
+"""The evaluation run: personalize held-out subjects, generate the protocol's prompts, score every row.
+
+1. load the base, the domain packs and the judges (and the CLIP / DINO folders when given)
+2. per domain: pick held-out subjects and distractors, render inputs, references and truths
+3. reference rows: true renders, another identity's renders, their VAE round trip, the class-word base
+4. E4T rows: personalize each subject at each tuning-step count (timed), generate every prompt
+5. score the rows with the judges (and CLIP-I / CLIP-T / DINO), write metrics.json and report.html
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from e4t import generate, load_base, load_pack, personalize
+from e4t.base import Base
+from e4t.judges import CONTEXT_FILE, IDENTITY_FILE, load_judges
+from e4t.pack import DomainPack
+from evaluation import metrics, protocol
+from evaluation.protocol import Prompt, Subject
+from evaluation.references import CLASS_WORD, REAL_DIFFERENT, REAL_SAME, VAE, class_word_images, vae_roundtrip
+
+METHOD = "e4t"
+DIVERSITY_EMBEDDING = "identity judge (e4t.judges.IdentityJudge, 128-d, L2-normalized)"
+METRICS = {
+    "id_sim": "mean cosine of identity-judge embeddings, generated vs the subject's reference views",
+    "context_acc": "fraction of images whose context-judge labels match every label the prompt names",
+    "diversity": "1 - mean pairwise cosine among the images of one (subject, prompt); embedding: "
+    + DIVERSITY_EMBEDDING,
+    "clip_i": "mean cosine of CLIP image embeddings, generated vs reference views",
+    "clip_t": "mean cosine of CLIP image embedding and the prompt's text with the class word",
+    "dino": "mean cosine of DINO CLS embeddings, generated vs reference views",
+    "tune_s": "mean seconds of personalization per subject",
+    "gen_s_per_image": "mean seconds per generated image",
+}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    subjects: int = 10  # held-out subjects of the main domain (of every domain named with `domains`)
+    other_subjects: int = 4  # subjects of each other domain with `all_domains`
+    steps: tuple[int, ...] = (0, 1, 5, 15)  # E4T tuning-step counts, one row each
+    images_per_prompt: int = 4
+    references: int = 4  # reference views per subject for the fidelity metrics
+    denoise_steps: int = 25
+    guidance: float = 7.5
+    seed: int = 0  # tuning seed; generation seeds derive from it (protocol.generation_seed)
+    quick: bool = False  # 2 prompts per domain
+    domains: tuple[str, ...] | None = None  # None: the main domain ("faces") only, or all with `all_domains`
+    all_domains: bool = False
+    grid_images: int = 1  # images per (prompt, row) cell of the report's grids
+
+    @classmethod
+    def quick_config(cls, **overrides) -> EvalConfig:
+        """2 subjects x 2 prompts x 2 images, few denoising steps: for tests and smoke runs."""
+        quick = dict(subjects=2, other_subjects=1, images_per_prompt=2, references=2, denoise_steps=3, quick=True)
+        return replace(cls(**quick), **overrides)
+
+    def __post_init__(self):
+        for name in ("subjects", "other_subjects", "images_per_prompt", "references", "denoise_steps", "grid_images"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be at least 1 but is {getattr(self, name)}.")
+        if not self.steps or any(s < 0 for s in self.steps):
+            raise ValueError(f"`steps` must be a non-empty list of non-negative counts but is {list(self.steps)}.")
+
+
+@dataclass
+class Row:
+    """Images of one row of one domain, grouped by (subject, prompt), with their timings."""
+
+    method: str
+    steps: int | None
+    domain: str
+    groups: dict[tuple[int, int], list[Image.Image]] = field(default_factory=dict)  # (subject, prompt) -> images
+    tune_s: list[float] = field(default_factory=list)
+    gen_s: list[float] = field(default_factory=list)  # seconds per generated image
+
+    @property
+    def label(self) -> str:
+        return self.method if self.steps is None else f"{self.method}@{self.steps}"
+
+
+@dataclass
+class DomainRun:
+    domain: str
+    subjects: list[Subject]
+    distractors: list[Subject]
+    prompts: list[Prompt]
+    inputs: list[Image.Image]
+    references: list[list[Image.Image]]
+    rows: list[Row]
+
+
+def file_digest(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def pick_domains(packs: dict[str, DomainPack], config: EvalConfig) -> list[str]:
+    if config.domains:
+        missing = [d for d in config.domains if d not in packs]
+        if missing:
+            raise ValueError(f"`domains` must name loaded packs {sorted(packs)} but names {missing}.")
+        return list(config.domains)
+    if config.all_domains:
+        return sorted(packs, key=lambda d: (d != protocol.MAIN_DOMAIN, d))
+    return [protocol.MAIN_DOMAIN if protocol.MAIN_DOMAIN in packs else sorted(packs)[0]]
+
+
+def _timed_generate(row: Row, key: tuple[int, int], *args, **kwargs) -> None:
+    t = time.perf_counter()
+    images = generate(*args, **kwargs)
+    row.gen_s.append((time.perf_counter() - t) / len(images))
+    row.groups[key] = images
+
+
+def run_domain(base: Base, pack: DomainPack, n_subjects: int, config: EvalConfig, progress: bool = True) -> DomainRun:
+    """Steps 2-4 of the recipe for one domain: every image of every row, unscored."""
+    # 2. subjects, distractors (the next held-out identities) and their renders
+    domain, size, n = pack.domain, base.resolution, config.images_per_prompt
+    subjects = protocol.heldout_identities(domain, n_subjects)
+    distractors = protocol.heldout_identities(domain, n_subjects, skip=n_subjects)
+    prompt_list = protocol.prompts(domain, quick=config.quick)
+    inputs = [protocol.input_image(s, size) for s in subjects]
+    references = [protocol.reference_images(s, config.references, size) for s in subjects]
+    gen = dict(num_images=n, steps=config.denoise_steps, guidance=config.guidance)
+    work = len(prompt_list) * (1 + len(subjects) * (1 + len(config.steps)))
+    bar = tqdm(total=work, desc=f"eval {domain}", unit="prompt", disable=not progress)
+
+    # 3. reference rows; the class-word images depend on the prompt only, so they are shared by all subjects
+    same, different, vae, word = (Row(m, None, domain) for m in (REAL_SAME, REAL_DIFFERENT, VAE, CLASS_WORD))
+    for p in prompt_list:
+        seed = protocol.generation_seed(p, config.seed)
+        t = time.perf_counter()
+        images = class_word_images(base, p.caption, n, steps=config.denoise_steps, guidance=config.guidance, seed=seed)
+        word.gen_s.append((time.perf_counter() - t) / n)
+        for i, (s, d) in enumerate(zip(subjects, distractors, strict=True)):
+            same.groups[i, p.index] = protocol.truth_images(s, p, n, size)
+            different.groups[i, p.index] = protocol.truth_images(d, p, n, size)
+            vae.groups[i, p.index] = vae_roundtrip(base, same.groups[i, p.index])
+            word.groups[i, p.index] = images
+        bar.update(1 + len(subjects))
+
+    # 4. E4T rows: one concept per (subject, step count), the same tuning seed for all
+    e4t_rows = [Row(METHOD, s, domain) for s in config.steps]
+    personalize(base, pack, inputs[0], steps=0, seed=config.seed)  # warm-up: the first call builds the adapter
+    for i, image in enumerate(inputs):
+        for row in e4t_rows:
+            t = time.perf_counter()
+            concept = personalize(base, pack, image, steps=row.steps, seed=config.seed, owner="eval")
+            row.tune_s.append(time.perf_counter() - t)
+            for p in prompt_list:
+                seed = protocol.generation_seed(p, config.seed)
+                _timed_generate(
+                    row,
+                    (i, p.index),
+                    base,
+                    {domain: pack},
+                    {concept.id: concept},
+                    p.for_concept(concept.id),
+                    seed=seed,
+                    **gen,
+                )
+                bar.update(1)
+    bar.close()
+    return DomainRun(
+        domain, subjects, distractors, prompt_list, inputs, references, [*e4t_rows, same, different, vae, word]
+    )
+
+
+class Scorer:
+    """Judges (and optional CLIP / DINO scorers) with the reference embeddings of each subject cached."""
+
+    def __init__(self, judges, clip=None, dino=None):
+        self.identity, self.context = judges
+        self.clip, self.dino = clip, dino
+        self._refs: dict[tuple[str, int, str], torch.Tensor] = {}
+
+    def _ref(self, run: DomainRun, i: int, which: str) -> torch.Tensor:
+        key = (run.domain, i, which)
+        if key not in self._refs:
+            self._refs[key] = self._embed(which, run.references[i])
+        return self._refs[key]
+
+    def _embed(self, which: str, images: list[Image.Image]) -> torch.Tensor:
+        return {
+            "id": self.identity.embed,
+            "clip": lambda x: self.clip.embed_images(x),
+            "dino": lambda x: self.dino.embed_images(x),
+        }[which](images)
+
+    def score(self, run: DomainRun, row: Row) -> dict:
+        keys = sorted(row.groups)
+        images = [im for k in keys for im in row.groups[k]]
+        sizes = [len(row.groups[k]) for k in keys]
+        prompts = {p.index: p for p in run.prompts}
+        vocab = self.context.vocab.labels
+        # a label the context judge does not know cannot be scored; only known ones count
+        named = [
+            {kk: v for kk, v in prompts[k[1]].named.items() if v in vocab.get(kk, ())}
+            for k in keys
+            for _ in row.groups[k]
+        ]
+        out: dict = {"method": row.method, "steps": row.steps, "domain": run.domain}
+        emb = self.identity.embed(images).split(sizes)
+        out["id_sim"] = metrics.fidelity([(e, self._ref(run, k[0], "id")) for e, k in zip(emb, keys, strict=True)])
+        out["context_acc"] = metrics.context_accuracy(self.context.predict(images), named)
+        out["diversity"] = metrics.diversity(emb)
+        if self.clip is not None:
+            clip_emb = self.clip.embed_images(images)
+            out["clip_i"] = metrics.fidelity(
+                [(e, self._ref(run, k[0], "clip")) for e, k in zip(clip_emb.split(sizes), keys, strict=True)]
+            )
+            texts = [prompts[k[1]].caption for k in keys for _ in row.groups[k]]
+            out["clip_t"] = metrics.text_alignment(clip_emb, self.clip.embed_texts(texts))
+        if self.dino is not None:
+            dino_emb = self.dino.embed_images(images).split(sizes)
+            out["dino"] = metrics.fidelity(
+                [(e, self._ref(run, k[0], "dino")) for e, k in zip(dino_emb, keys, strict=True)]
+            )
+        out["n_images"] = len(images)
+        if row.tune_s:
+            out["tune_s"] = sum(row.tune_s) / len(row.tune_s)
+        if row.gen_s:
+            out["gen_s_per_image"] = sum(row.gen_s) / len(row.gen_s)
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}
+
+
+def evaluate(
+    out: str | Path,
+    *,
+    base_dir: str | Path | None = None,
+    pack_paths: list[str | Path] | None = None,
+    judges_dir: str | Path | None = None,
+    config: EvalConfig = EvalConfig(),
+    clip: str | Path | None = None,
+    dino: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run the protocol, write `out`/metrics.json and `out`/report.html; returns the metrics dict.
+
+    Paths default to the embedded artifacts (`e4t.embedded.default_paths()`, artifacts/judges).
+    """
+    from e4t.embedded import artifacts_root, default_paths
+    from evaluation.report import write_report
+
+    # 1. load everything
+    started = time.perf_counter()
+    default_base, default_packs = default_paths()
+    base_dir = Path(base_dir or default_base)
+    pack_paths = [Path(p) for p in (pack_paths or default_packs)]
+    judges_dir = Path(judges_dir or artifacts_root() / "judges")
+    if not pack_paths:
+        raise FileNotFoundError(
+            f"expected at least one domain pack but found none (looked in {default_base.parent / 'packs'})"
+        )
+    missing = [str(judges_dir / f) for f in (IDENTITY_FILE, CONTEXT_FILE) if not (judges_dir / f).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"judges not found: {', '.join(missing)} (train them with `e4t pretrain judges --out {judges_dir}`)"
+        )
+    base = load_base(base_dir)
+    packs = {}
+    for path in pack_paths:
+        pack = load_pack(path, base)
+        packs[pack.domain] = (pack, path)
+    domains = pick_domains({d: p for d, (p, _) in packs.items()}, config)
+    from evaluation.realmetrics import ClipScorer, DinoScorer
+
+    scorer = Scorer(load_judges(judges_dir), ClipScorer(clip) if clip else None, DinoScorer(dino) if dino else None)
+
+    # 2-4. images of every row; 5. scores
+    runs, rows = [], []
+    for domain in domains:
+        main = not config.all_domains or config.domains or domain == domains[0]
+        run = run_domain(base, packs[domain][0], config.subjects if main else config.other_subjects, config, progress)
+        runs.append(run)
+        rows += [scorer.score(run, row) for row in tqdm(run.rows, desc=f"score {domain}", disable=not progress)]
+
+    result = {
+        "protocol": {
+            "paper": "DreamBooth evaluation protocol (Ruiz et al. 2023, sec. 4.1) on held-out synthetic identities",
+            "config": asdict(config),
+            "base": {"path": str(base_dir), "hash": base.hash},
+            "packs": {
+                d: {"path": str(path), "hash": p.hash, "step": p.step} for d, (p, path) in packs.items() if d in domains
+            },
+            "judges": {
+                name: {"path": str(judges_dir / f), "sha256": file_digest(judges_dir / f)}
+                for name, f in (("identity", IDENTITY_FILE), ("context", CONTEXT_FILE))
+            },
+            "real_models": {
+                k: {"path": str(s.path), "hash": s.hash} for k, s in (("clip", scorer.clip), ("dino", scorer.dino)) if s
+            },
+            "seeds": {
+                "tune": config.seed,
+                "generation": "image k of prompt p: seed + 1000 * (p + 1) + k",
+                "truth_nuisance": "random.Random('eval/truth/{identity}/{p}/{k}')",
+            },
+            "input": {
+                "context": dict(zip(("medium", "background", "accessory"), protocol.INPUT_CONTEXT, strict=True)),
+                "nuisance": protocol.INPUT_NUISANCE,
+            },
+            "domains": {
+                r.domain: {
+                    **protocol.describe(r.subjects, r.prompts),
+                    "distractors": [s.identity for s in r.distractors],
+                }
+                for r in runs
+            },
+            "metrics": METRICS,
+        },
+        "rows": rows,
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_report(out / "report.html", result, runs, config.grid_images)
+    return result

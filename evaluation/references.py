@@ -1,0 +1,38 @@
+"""Reference rows, like the "real images" row of DreamBooth's table: where the scale's ends lie.
+
+real_same_identity       renders of the subject in the prompted contexts: the upper bound of ID
+                         similarity, and the context accuracy of true images (the judge's own ceiling)
+real_different_identity  renders of another held-out identity in the same contexts: chance-level ID similarity
+vae_reconstruction       the base VAE's round trip of the true renders: what the autoencoder can keep at best
+base_class_word          the base prompted with the class word ("a photo of a face on the beach"): no personalization
+"""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+
+from e4t import generate
+from e4t.base import Base
+from e4t.images import to_pil, to_tensor
+
+REAL_SAME = "real_same_identity"
+REAL_DIFFERENT = "real_different_identity"
+VAE = "vae_reconstruction"
+CLASS_WORD = "base_class_word"
+REFERENCE_ROWS: tuple[str, ...] = (REAL_SAME, REAL_DIFFERENT, VAE, CLASS_WORD)
+
+
+@torch.no_grad()
+def vae_roundtrip(base: Base, images: list[Image.Image]) -> list[Image.Image]:
+    """Encode and decode with the base's VAE; the latent mean (not a sample), so the round trip is deterministic."""
+    pixels = torch.cat([to_tensor(im, base.resolution) for im in images]).to(base.device, base.vae.dtype)
+    latents = base.vae.encode(pixels).latent_dist.mode()
+    return to_pil(base.vae.decode(latents).sample.float())
+
+
+def class_word_images(
+    base: Base, caption: str, count: int, *, steps: int, guidance: float, seed: int
+) -> list[Image.Image]:
+    """The base alone (no concept, no offsets) on the class-word caption, with the protocol's seeds."""
+    return generate(base, {}, {}, caption, num_images=count, steps=steps, guidance=guidance, seed=seed)

@@ -1,0 +1,151 @@
+"""`e4t eval --quick` end to end on the tiny base, pack and judges; CLIP-I / CLIP-T / DINO on tiny random folders."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+import torch
+
+from evaluation import metrics, protocol
+from evaluation.cli import main
+from evaluation.references import REFERENCE_ROWS
+from shards.splits import split_of
+
+
+@pytest.fixture(scope="module")
+def tiny_judges(tmp_path_factory):
+    from pretrain.judges import train_judges
+
+    out = tmp_path_factory.mktemp("judges")
+    train_judges(out, preset="tiny", domains=["faces"], progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def quick_run(tiny_base_dir, tiny_pack_path, tiny_judges, tiny_real_models, tmp_path_factory):
+    clip_dir, dino_dir = tiny_real_models
+    out = tmp_path_factory.mktemp("eval")
+    argv = [
+        "--out",
+        str(out),
+        "--base",
+        str(tiny_base_dir),
+        "--pack",
+        str(tiny_pack_path),
+        "--judges",
+        str(tiny_judges),
+        "--quick",
+        "--steps",
+        "0,1",
+        "--clip",
+        str(clip_dir),
+        "--dino",
+        str(dino_dir),
+        "--threads",
+        "1",
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    return out, json.loads((out / "metrics.json").read_text())
+
+
+def test_metrics_json_has_every_row_in_range(quick_run):
+    _, result = quick_run
+    rows = result["rows"]
+    assert [r["steps"] for r in rows if r["method"] == "e4t"] == [0, 1]
+    assert {r["method"] for r in rows if r["steps"] is None} == set(REFERENCE_ROWS)
+    for r in rows:
+        assert r["domain"] == "faces" and r["n_images"] == 2 * 2 * 2  # subjects x prompts x images
+        for key in ("id_sim", "clip_i", "clip_t", "dino"):
+            assert -1.0001 <= r[key] <= 1.0001, (r["method"], key, r[key])
+        assert 0.0 <= r["context_acc"] <= 1.0 and 0.0 <= r["diversity"] <= 2.0
+        assert ("tune_s" in r) == (r["method"] == "e4t")
+        assert all(not (isinstance(v, float) and math.isnan(v)) for v in r.values())
+    proto = result["protocol"]
+    assert proto["base"]["hash"] and proto["packs"]["faces"]["hash"]
+    assert set(proto["judges"]) == {"identity", "context"} and set(proto["real_models"]) == {"clip", "dino"}
+    faces = proto["domains"]["faces"]
+    assert len(faces["subjects"]) == 2 and len(faces["prompts"]) == 2
+    assert not {s["identity"] for s in faces["subjects"]} & set(faces["distractors"])
+    assert "identity judge" in proto["metrics"]["diversity"]
+
+
+def test_report_is_self_contained_with_images_and_plots(quick_run):
+    out, _ = quick_run
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 2 * 2 * 6  # subjects x prompts x rows, plus inputs
+    assert "<svg" in page and "real_same_identity" in page and "e4t@1" in page
+    # no external assets: every src is inlined
+    assert all(src.startswith("data:") for src in re.findall(r'src="([^"]*)"', page))
+    assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+
+
+def test_protocol_is_fixed_and_held_out():
+    full = protocol.prompts("faces")
+    assert len(full) == 8 and {p.kind for p in full} == {"recontextualization", "accessorization", "medium"}
+    assert [p.index for p in protocol.prompts("faces", quick=True)] == list(protocol.QUICK_PROMPTS)
+    beach = full[0]
+    assert beach.caption == "a photo of a face on the beach" and beach.named == {
+        "medium": "photo",
+        "background": "beach",
+    }
+    assert beach.for_concept("c_0123456789ab") == "a photo of {c_0123456789ab} on the beach"
+    cats = protocol.prompts("cats")
+    assert len(cats) == 8 and cats[6].caption == "a sketch of a cat"
+    subjects = protocol.heldout_identities("faces", 3)
+    assert all(split_of(s.identity) == "heldout" for s in subjects)
+    assert protocol.heldout_identities("faces", 2, skip=1) == subjects[1:]
+    a = protocol.truth_images(subjects[0], beach, 2, 64)
+    b = protocol.truth_images(subjects[0], beach, 2, 64)
+    assert a[0].tobytes() == b[0].tobytes() and a[0].tobytes() != a[1].tobytes()
+    with pytest.raises(ValueError, match="renderer"):
+        protocol.prompts("paintings")
+
+
+def test_metric_functions():
+    e = torch.eye(3)
+    assert metrics.fidelity([(e[:1], e[:1])]) == pytest.approx(1.0)
+    assert metrics.fidelity([(e[:1], e[1:2]), (e[:1], e[:1])]) == pytest.approx(0.5)
+    assert metrics.diversity([e]) == pytest.approx(1.0)  # orthogonal images: fully diverse
+    assert metrics.diversity([e[:1].expand(3, -1)]) == pytest.approx(0.0)
+    assert metrics.diversity([e[:1]]) is None
+    preds = [{"medium": "photo", "background": "beach"}, {"medium": "sketch", "background": "plain"}]
+    assert metrics.context_accuracy(preds, [{"background": "beach"}, {"medium": "photo"}]) == 0.5
+    assert metrics.context_accuracy(preds, [{}, {}]) is None
+    assert metrics.text_alignment(e, e) == pytest.approx(1.0)
+
+
+def test_clear_errors(tiny_base_dir, tiny_pack_path, tmp_path, capsys):
+    argv = [
+        "--out",
+        str(tmp_path),
+        "--base",
+        str(tiny_base_dir),
+        "--pack",
+        str(tiny_pack_path),
+        "--judges",
+        str(tmp_path),
+    ]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--quick", "--no-progress"])
+    assert exit_info.value.code == 2 and "e4t pretrain judges" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*argv, "--steps", "a,b"])
+    assert "comma-separated integers" in capsys.readouterr().err
+
+
+def test_domain_choice_and_config_checks():
+    from evaluation.harness import EvalConfig, pick_domains
+
+    packs = {"cats": None, "faces": None}
+    assert pick_domains(packs, EvalConfig()) == ["faces"]
+    assert pick_domains(packs, EvalConfig(all_domains=True)) == ["faces", "cats"]
+    assert pick_domains(packs, EvalConfig(domains=("cats",))) == ["cats"]
+    with pytest.raises(ValueError, match="loaded packs"):
+        pick_domains(packs, EvalConfig(domains=("art",)))
+    with pytest.raises(ValueError, match="`steps`"):
+        EvalConfig(steps=(-1,))
+    assert EvalConfig.quick_config().images_per_prompt == 2
