@@ -28,10 +28,13 @@ def generate(
     seed: int = 0,
     on_image: Callable[[int, Image.Image], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    batch_size: int = 1,
 ) -> list[Image.Image]:
     """Images for `prompt`; braced ids name entries of `concepts`. Image i uses seed `seed + i`.
 
-    Images are produced one by one so that `on_image(i, image)` can stream each as it is done.
+    Images are denoised `batch_size` at a time; `on_image(i, image)` streams each batch's images
+    as soon as it is done (1: every image as it finishes; more: faster overall). The result does
+    not depend on `batch_size`.
     """
     # 1. check inputs
     if not prompt.strip():
@@ -40,6 +43,8 @@ def generate(
         raise InvalidInput(f"`num_images` must be at least 1, got {num_images}")
     if steps < 1:
         raise InvalidInput(f"`steps` must be at least 1, got {steps}")
+    if batch_size < 1:
+        raise InvalidInput(f"`batch_size` must be at least 1, got {batch_size}")
     if guidance < 0:
         raise InvalidInput(f"`guidance` must be non-negative, got {guidance}")
 
@@ -69,7 +74,7 @@ def generate(
             raise InvalidInput("concepts in one prompt must come from packs with the same offset layout")
         activate_offsets(unet, configs.pop(), [c.offsets(packs[c.domain]) for c in used])
 
-    # 5. denoise, one image at a time
+    # 5. denoise, a batch at a time, one seeded generator per image
     def check_cancel(pipe, i, t, kwargs):
         if should_stop is not None and should_stop():
             raise Cancelled("generation was cancelled")
@@ -77,15 +82,18 @@ def generate(
 
     images = []
     try:
-        for i in range(num_images):
-            generator = torch.Generator(device="cpu").manual_seed(seed + i)
-            image = base.pipe(
-                prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds, num_inference_steps=steps,
-                guidance_scale=guidance, generator=generator, output_type="pil", callback_on_step_end=check_cancel,
-            ).images[0]
-            images.append(image)
-            if on_image is not None:
-                on_image(i, image)
+        for start in range(0, num_images, batch_size):
+            count = min(batch_size, num_images - start)
+            generators = [torch.Generator(device="cpu").manual_seed(seed + start + k) for k in range(count)]
+            batch = base.pipe(
+                prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds, num_images_per_prompt=count,
+                num_inference_steps=steps, guidance_scale=guidance, generator=generators, output_type="pil",
+                callback_on_step_end=check_cancel,
+            ).images
+            for k, image in enumerate(batch):
+                images.append(image)
+                if on_image is not None:
+                    on_image(start + k, image)
     finally:
         if used:
             unet.disable_adapters()

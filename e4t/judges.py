@@ -51,8 +51,11 @@ class _ResBlock(nn.Module):
     def __init__(self, c: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
-            nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c),
+            nn.Conv2d(c, c, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c, c, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,7 +76,9 @@ class JudgeBackbone(nn.Module):
     def __init__(self, arch: JudgeArch):
         super().__init__()
         if len(arch.channels) != len(arch.blocks):
-            raise ValueError(f"`channels` and `blocks` must have the same length but are {arch.channels} and {arch.blocks}.")
+            raise ValueError(
+                f"`channels` and `blocks` must have the same length but are {arch.channels} and {arch.blocks}."
+            )
         final = arch.image_size // 2 ** len(arch.channels)
         if final < 1 or arch.image_size % 2 ** len(arch.channels):
             raise ValueError(f"`image_size` must be divisible by {2 ** len(arch.channels)} but is {arch.image_size}.")
@@ -85,7 +90,9 @@ class JudgeBackbone(nn.Module):
             cin = c
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(
-            nn.Flatten(), nn.Dropout(0.1), nn.Linear(cin * final * final, arch.out_dim, bias=False),
+            nn.Flatten(),
+            nn.Dropout(0.1),
+            nn.Linear(cin * final * final, arch.out_dim, bias=False),
             nn.BatchNorm1d(arch.out_dim),
         )
 
@@ -145,7 +152,9 @@ class IdentityJudge(nn.Module):
         """[N, out_dim] unit-norm embeddings of PIL images (or an [N, 3, S, S] tensor in [-1, 1])."""
         return F.normalize(_run(self.net, images, self.arch.image_size), dim=-1)
 
-    def id_similarity(self, a_images: Sequence[Image.Image] | torch.Tensor, b_images: Sequence[Image.Image] | torch.Tensor) -> float:
+    def id_similarity(
+        self, a_images: Sequence[Image.Image] | torch.Tensor, b_images: Sequence[Image.Image] | torch.Tensor
+    ) -> float:
         """Mean cosine over all (a, b) pairs: the ID similarity of generated vs reference images."""
         return float((self.embed(a_images) @ self.embed(b_images).T).mean())
 
@@ -215,7 +224,9 @@ class ContextJudge(nn.Module):
         idx = {k: v.argmax(-1).tolist() for k, v in logits.items()}
         return [{k: self.vocab.labels[k][idx[k][i]] for k in CONTEXT_KINDS} for i in range(len(pixels))]
 
-    def context_accuracy(self, images: Sequence[Image.Image] | torch.Tensor, contexts: Sequence[Mapping[str, str]]) -> float:
+    def context_accuracy(
+        self, images: Sequence[Image.Image] | torch.Tensor, contexts: Sequence[Mapping[str, str]]
+    ) -> float:
         """Fraction of images whose predictions match every label their requested context names.
 
         `contexts[i]` holds only the kinds the prompt of image i names (e.g. {"background": "beach"});
@@ -223,11 +234,15 @@ class ContextJudge(nn.Module):
         """
         contexts = list(contexts)
         if len(contexts) != len(images):
-            raise InvalidInput(f"expected one context per image but got {len(contexts)} contexts for {len(images)} images")
+            raise InvalidInput(
+                f"expected one context per image but got {len(contexts)} contexts for {len(images)} images"
+            )
         for ctx in contexts:
             for kind, label in ctx.items():
                 if label not in self.vocab.labels.get(kind, ()):
-                    raise InvalidInput(f"context {kind}={label!r} is not one of {self.vocab.labels.get(kind, CONTEXT_KINDS)}")
+                    raise InvalidInput(
+                        f"context {kind}={label!r} is not one of {self.vocab.labels.get(kind, CONTEXT_KINDS)}"
+                    )
         named = [i for i, ctx in enumerate(contexts) if ctx]
         if not named:
             raise InvalidInput("none of the requested contexts names a label; nothing to score")
@@ -242,7 +257,9 @@ class ContextJudge(nn.Module):
         out = {}
         for kind in CONTEXT_KINDS:
             # longest phrase first, so "a photo of" never shadows a longer phrase that contains it
-            found = sorted(((p, lab) for lab, p in self.vocab.phrases.get(kind, {}).items() if p.strip()), key=lambda t: -len(t[0]))
+            found = sorted(
+                ((p, lab) for lab, p in self.vocab.phrases.get(kind, {}).items() if p.strip()), key=lambda t: -len(t[0])
+            )
             for phrase, label in found:
                 if phrase.lower().strip() in text:
                     out[kind] = label

@@ -6,6 +6,7 @@ several concepts' offsets be active together (PEFT sums adapters with weights).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
@@ -37,7 +38,9 @@ class OffsetConfig:
 
 def ensure_adapter(unet, name: str, config: OffsetConfig) -> None:
     if name not in getattr(unet, "peft_config", {}):
-        unet.add_adapter(config.lora_config(), adapter_name=name)
+        with warnings.catch_warnings():  # several named adapters on one UNet is the intent here
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            unet.add_adapter(config.lora_config(), adapter_name=name)
 
 
 def offset_parameters(unet, name: str = TUNE) -> list[torch.nn.Parameter]:

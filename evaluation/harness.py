@@ -129,7 +129,7 @@ def run_domain(base: Base, pack: DomainPack, n_subjects: int, config: EvalConfig
     prompt_list = protocol.prompts(domain, quick=config.quick)
     inputs = [protocol.input_image(s, size) for s in subjects]
     references = [protocol.reference_images(s, config.references, size) for s in subjects]
-    gen = dict(num_images=n, steps=config.denoise_steps, guidance=config.guidance)
+    gen = dict(num_images=n, steps=config.denoise_steps, guidance=config.guidance, batch_size=n)
     work = len(prompt_list) * (1 + len(subjects) * (1 + len(config.steps)))
     bar = tqdm(total=work, desc=f"eval {domain}", unit="prompt", disable=not progress)
 

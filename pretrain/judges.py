@@ -44,15 +44,20 @@ from shards.synth import DOMAINS, get_domain, render_sample
 class JudgeTrainConfig:
     identities: int = 1200  # evaluator-split identities per domain
     views: int = 8
-    steps: int = 700
+    identity_steps: int = 900
+    context_steps: int = 600
     batch: int = 64
     lr: float = 3e-3
     weight_decay: float = 5e-4
     margin: float = 0.3  # CosFace additive cosine margin
     scale: float = 24.0
     attribute_weight: float = 0.5  # auxiliary heads on the embedding: attributes are what identities are made of
-    identity_arch: dict = field(default_factory=lambda: asdict(JudgeArch(stem=16, channels=(24, 48, 96, 160), blocks=(0, 1, 1, 1))))
-    context_arch: dict = field(default_factory=lambda: asdict(JudgeArch(stem=8, channels=(16, 32, 64, 128), blocks=(0, 1, 1, 1), out_dim=64)))
+    identity_arch: dict = field(
+        default_factory=lambda: asdict(JudgeArch(stem=16, channels=(24, 48, 96, 160), blocks=(0, 1, 1, 1)))
+    )
+    context_arch: dict = field(
+        default_factory=lambda: asdict(JudgeArch(stem=8, channels=(16, 32, 64, 128), blocks=(0, 1, 1, 1), out_dim=64))
+    )
     world_seed: int = 0
     seed: int = 0
     # validation (not part of the training key)
@@ -71,15 +76,25 @@ class JudgeTrainConfig:
             return replace(cls(), **overrides)
         if name == "tiny":
             tiny = dict(
-                identities=24, views=3, steps=4, batch=16, val_identities=8, val_views=3, degraded_identities=2,
-                degraded_steps=4, identity_arch=asdict(JudgeArch(stem=4, channels=(8, 8, 16, 16), blocks=(0, 0, 1, 1), out_dim=128)),
+                identities=24,
+                views=3,
+                identity_steps=4,
+                context_steps=4,
+                batch=16,
+                val_identities=8,
+                val_views=3,
+                degraded_identities=2,
+                degraded_steps=4,
+                identity_arch=asdict(JudgeArch(stem=4, channels=(8, 8, 16, 16), blocks=(0, 0, 1, 1), out_dim=128)),
                 context_arch=asdict(JudgeArch(stem=4, channels=(8, 8, 16, 16), blocks=(0, 0, 0, 1), out_dim=16)),
             )
             return replace(cls(**tiny), **overrides)
         raise ValueError(f"`preset` must be one of ('default', 'tiny') but is {name!r}.")
 
     def training_key(self, domains: list[str]) -> str:
-        train = {k: v for k, v in asdict(self).items() if not k.startswith(("val_", "degraded_")) and k not in _VAL_KEYS}
+        train = {
+            k: v for k, v in asdict(self).items() if not k.startswith(("val_", "degraded_")) and k not in _VAL_KEYS
+        }
         worlds = {d: get_domain(d).WORLD_VERSION for d in domains}
         return config_hash({"format": 1, "cfg": train, "worlds": worlds})[:16]
 
@@ -116,8 +131,15 @@ def attribute_heads(domains: list[str]) -> list[tuple[str, str, tuple[str, ...]]
     return [(d, name, tuple(values)) for d in domains for name, values in get_domain(d).ATTRIBUTES.items()]
 
 
-def render_split(domains: list[str], split: str, identities: int, views: int, cfg: JudgeTrainConfig, vocab: ContextVocab,
-                 progress: bool = True) -> Renders:
+def render_split(
+    domains: list[str],
+    split: str,
+    identities: int,
+    views: int,
+    cfg: JudgeTrainConfig,
+    vocab: ContextVocab,
+    progress: bool = True,
+) -> Renders:
     """`identities` identities of `split` per domain, `views` views each (contexts and nuisance vary by view)."""
     heads = attribute_heads(domains)
     size = JudgeArch.from_json(cfg.identity_arch).image_size
@@ -141,8 +163,15 @@ def render_split(domains: list[str], split: str, identities: int, views: int, cf
                 bar.update(1)
             names.append(meta["identity"])
     bar.close()
-    return Renders(torch.from_numpy(np.stack(pix)).permute(0, 3, 1, 2).contiguous(), torch.tensor(ids), torch.tensor(vws),
-                   torch.tensor(attrs), torch.tensor(ctxs), caps, names)
+    return Renders(
+        torch.from_numpy(np.stack(pix)).permute(0, 3, 1, 2).contiguous(),
+        torch.tensor(ids),
+        torch.tensor(vws),
+        torch.tensor(attrs),
+        torch.tensor(ctxs),
+        caps,
+        names,
+    )
 
 
 def to_float(pixels: torch.Tensor) -> torch.Tensor:
@@ -162,7 +191,9 @@ def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     theta[:, 0, 0] = theta[:, 1, 1] = torch.cos(angle) * zoom
     theta[:, 0, 1], theta[:, 1, 0] = -torch.sin(angle) * zoom, torch.sin(angle) * zoom
     theta[:, :, 2] = (r(n, 2) - 0.5) * 0.12
-    x = F.grid_sample(x, F.affine_grid(theta, list(x.shape), align_corners=False), padding_mode="border", align_corners=False)
+    x = F.grid_sample(
+        x, F.affine_grid(theta, list(x.shape), align_corners=False), padding_mode="border", align_corners=False
+    )
     # 2. blur with a per-sample sigma (grouped conv: one kernel per channel of each sample)
     blur = r(n) < 0.3
     if blur.any():
@@ -190,18 +221,21 @@ def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 def _schedule(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     warm = max(1, steps // 20)
     return torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min(1.0, (i + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, i / steps))))
+        opt, lambda i: min(1.0, (i + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, i / steps)))
+    )
 
 
-def _loop(name: str, modules: list[torch.nn.Module], loss_fn, data: Renders, cfg: JudgeTrainConfig, progress: bool) -> None:
+def _loop(
+    name: str, modules: list[torch.nn.Module], loss_fn, data: Renders, steps: int, cfg: JudgeTrainConfig, progress: bool
+) -> None:
     """The one training loop both judges share: sample a batch, augment, step, log."""
     g = torch.Generator().manual_seed(cfg.seed)
     params = [p for m in modules for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = _schedule(opt, cfg.steps)
+    sched = _schedule(opt, steps)
     for m in modules:
         m.train()
-    bar = tqdm(range(cfg.steps), desc=f"train {name}", unit="step", disable=not progress)
+    bar = tqdm(range(steps), desc=f"train {name}", unit="step", disable=not progress)
     for _ in bar:
         idx = torch.randint(len(data.pixels), (cfg.batch,), generator=g)
         x = augment(to_float(data.pixels[idx]), g).contiguous(memory_format=torch.channels_last)
@@ -232,12 +266,19 @@ def train_identity(data: Renders, domains: list[str], cfg: JudgeTrainConfig, pro
         logits = cfg.scale * (cos - cfg.margin * F.one_hot(y, len(data.names)))
         id_loss = F.cross_entropy(logits, y)
         labels = data.attributes[idx]
-        attr_loss = sum(F.cross_entropy(h(emb) * 8.0, labels[:, i], ignore_index=-1)
-                        for i, h in enumerate(attr_heads) if (labels[:, i] >= 0).any())
+        attr_loss = sum(
+            F.cross_entropy(h(emb) * 8.0, labels[:, i], ignore_index=-1)
+            for i, h in enumerate(attr_heads)
+            if (labels[:, i] >= 0).any()
+        )
         acc = (cos.argmax(-1) == y).float().mean()
-        return id_loss + cfg.attribute_weight * attr_loss, {"id": f"{id_loss.item():.2f}", "attr": f"{float(attr_loss.detach()):.2f}", "acc": f"{acc.item():.2f}"}
+        return id_loss + cfg.attribute_weight * attr_loss, {
+            "id": f"{id_loss.item():.2f}",
+            "attr": f"{float(attr_loss.detach()):.2f}",
+            "acc": f"{acc.item():.2f}",
+        }
 
-    _loop("identity", [judge, attr_heads, cls_module], loss_fn, data, cfg, progress)
+    _loop("identity", [judge, attr_heads, cls_module], loss_fn, data, cfg.identity_steps, cfg, progress)
     return judge.to(memory_format=torch.contiguous_format)
 
 
@@ -253,7 +294,7 @@ def train_context(data: Renders, vocab: ContextVocab, cfg: JudgeTrainConfig, pro
         accs = [(logits[k].argmax(-1) == y[:, i]).float().mean().item() for i, k in enumerate(CONTEXT_KINDS)]
         return sum(losses), {k[:3]: f"{a:.2f}" for k, a in zip(CONTEXT_KINDS, accs, strict=True)}
 
-    _loop("context", [judge], loss_fn, data, cfg, progress)
+    _loop("context", [judge], loss_fn, data, cfg.context_steps, cfg, progress)
     return judge.to(memory_format=torch.contiguous_format)
 
 
@@ -294,10 +335,17 @@ def verification(sim: torch.Tensor, same: torch.Tensor, valid: torch.Tensor, fol
 
 def _context_figures(judge: ContextJudge, pixels: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
     preds = judge.predict(pixels)
-    hit = torch.tensor([[judge.vocab.labels[k].index(p[k]) == int(truth[i, j]) for j, k in enumerate(CONTEXT_KINDS)]
-                        for i, p in enumerate(preds)])
-    return {**{k: round(float(hit[:, j].float().mean()), 4) for j, k in enumerate(CONTEXT_KINDS)},
-            "all": round(float(hit.all(1).float().mean()), 4), "images": len(preds)}
+    hit = torch.tensor(
+        [
+            [judge.vocab.labels[k].index(p[k]) == int(truth[i, j]) for j, k in enumerate(CONTEXT_KINDS)]
+            for i, p in enumerate(preds)
+        ]
+    )
+    return {
+        **{k: round(float(hit[:, j].float().mean()), 4) for j, k in enumerate(CONTEXT_KINDS)},
+        "all": round(float(hit.all(1).float().mean()), 4),
+        "images": len(preds),
+    }
 
 
 def validate_clean(identity: IdentityJudge, context: ContextJudge, val: Renders) -> dict[str, Any]:
@@ -311,13 +359,15 @@ def validate_clean(identity: IdentityJudge, context: ContextJudge, val: Renders)
 
 
 @torch.no_grad()
-def degrade(base_dir: str | Path, pixels: torch.Tensor, captions: list[str], cfg: JudgeTrainConfig,
-            progress: bool = True) -> dict[str, torch.Tensor]:
+def degrade(
+    base_dir: str | Path, pixels: torch.Tensor, captions: list[str], cfg: JudgeTrainConfig, progress: bool = True
+) -> dict[str, torch.Tensor]:
     """Generated-looking versions of clean renders: a VAE round trip, and img2img with the caption prompt."""
     from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
-    base = StableDiffusionPipeline.from_pretrained(base_dir, local_files_only=True, safety_checker=None,
-                                                   feature_extractor=None, requires_safety_checker=False)
+    base = StableDiffusionPipeline.from_pretrained(
+        base_dir, local_files_only=True, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
     components = {**base.components, "scheduler": DDIMScheduler.from_config(base.scheduler.config)}
     pipe = StableDiffusionImg2ImgPipeline(**components)
     pipe.set_progress_bar_config(disable=True)
@@ -326,12 +376,19 @@ def degrade(base_dir: str | Path, pixels: torch.Tensor, captions: list[str], cfg
     g = torch.Generator().manual_seed(cfg.seed)
     vae_out, img_out = [], []
     bar = tqdm(total=len(x), desc="degrade", unit="img", disable=not progress)
-    for chunk, caps in zip(x.split(16), [captions[i:i + 16] for i in range(0, len(captions), 16)], strict=True):
+    for chunk, caps in zip(x.split(16), [captions[i : i + 16] for i in range(0, len(captions), 16)], strict=True):
         # 1. VAE round trip: the floor of what any generated image loses
         vae_out.append(pipe.vae.decode(pipe.vae.encode(chunk).latent_dist.mode()).sample.clamp(-1, 1))
         # 2. noise to t ~ strength * T with the base scheduler, DDIM back under the caption
-        out = pipe(prompt=caps, image=(chunk + 1) / 2, strength=cfg.strength, num_inference_steps=cfg.degraded_steps,
-                   guidance_scale=cfg.guidance, generator=g, output_type="pt").images
+        out = pipe(
+            prompt=caps,
+            image=(chunk + 1) / 2,
+            strength=cfg.strength,
+            num_inference_steps=cfg.degraded_steps,
+            guidance_scale=cfg.guidance,
+            generator=g,
+            output_type="pt",
+        ).images
         img_out.append(out * 2 - 1)
         bar.update(len(chunk))
     bar.close()
@@ -340,8 +397,14 @@ def degrade(base_dir: str | Path, pixels: torch.Tensor, captions: list[str], cfg
     return {"vae": back(torch.cat(vae_out)), "img2img": back(torch.cat(img_out))}
 
 
-def validate_degraded(identity: IdentityJudge, context: ContextJudge, val: Renders, base_dir: str | Path,
-                      cfg: JudgeTrainConfig, progress: bool = True) -> dict[str, Any]:
+def validate_degraded(
+    identity: IdentityJudge,
+    context: ContextJudge,
+    val: Renders,
+    base_dir: str | Path,
+    cfg: JudgeTrainConfig,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Degraded view 0 of some held-out identities vs the clean gallery of all held-out renders."""
     per_domain = len(val.names) // max(1, len({n.split("/")[0] for n in val.names}))
     keep = min(cfg.degraded_identities, per_domain)
@@ -351,8 +414,15 @@ def validate_degraded(identity: IdentityJudge, context: ContextJudge, val: Rende
     q_ids, g_ids = val.identity[sel], val.identity
     half_q, half_g = q_ids % 2 == 0, g_ids % 2 == 0
     valid = (half_q[:, None] == half_g[None, :]) & (sel[:, None] != torch.arange(len(g_ids))[None, :])
-    out: dict[str, Any] = {"queries": len(picked), "strength": cfg.strength, "steps": cfg.degraded_steps, "guidance": cfg.guidance}
-    for name, pix in degrade(base_dir, to_float(val.pixels[sel]), [val.captions[i] for i in picked], cfg, progress).items():
+    out: dict[str, Any] = {
+        "queries": len(picked),
+        "strength": cfg.strength,
+        "steps": cfg.degraded_steps,
+        "guidance": cfg.guidance,
+    }
+    for name, pix in degrade(
+        base_dir, to_float(val.pixels[sel]), [val.captions[i] for i in picked], cfg, progress
+    ).items():
         sim = identity.embed(pix) @ gallery.T
         out[name] = {
             "identity": verification(sim, q_ids[:, None] == g_ids[None, :], valid, half_q[:, None].expand_as(valid)),
@@ -361,8 +431,15 @@ def validate_degraded(identity: IdentityJudge, context: ContextJudge, val: Rende
     return out
 
 
-def train_judges(out_dir: str | Path, *, preset: str = "default", base_dir: str | Path | None = None, progress: bool = True,
-                 cfg: JudgeTrainConfig | None = None, domains: list[str] | None = None) -> dict[str, Any]:
+def train_judges(
+    out_dir: str | Path,
+    *,
+    preset: str = "default",
+    base_dir: str | Path | None = None,
+    progress: bool = True,
+    cfg: JudgeTrainConfig | None = None,
+    domains: list[str] | None = None,
+) -> dict[str, Any]:
     """Train (or reuse) both judges into `out_dir`, validate them, write `report.json`; returns the report.
 
     Training is skipped when identity.safetensors and context.safetensors carry the same training key
@@ -417,25 +494,44 @@ def train_judges(out_dir: str | Path, *, preset: str = "default", base_dir: str 
         # 4. degraded renders: VAE round trip and img2img through the base
         degraded = old.get("degraded") if reuse and base_hash is None else None
         if base_hash is not None:
-            degraded = {"base_dir": str(base_dir), "base_hash": base_hash,
-                        **validate_degraded(identity, context, val, base_dir, cfg, progress)}
+            degraded = {
+                "base_dir": str(base_dir),
+                "base_hash": base_hash,
+                **validate_degraded(identity, context, val, base_dir, cfg, progress),
+            }
     finally:
         torch.set_num_threads(threads)
     # 5. write both files (config and figures in their metadata) and the report
     common = {
-        "training_key": key, "dtype": dtype, "domains": domains,
-        "world_versions": {d: get_domain(d).WORLD_VERSION for d in domains}, "world_seed": cfg.world_seed,
-        "training_split": "evaluator", "training_identities": cfg.identities * len(domains),
-        "training_identities_per_domain": cfg.identities, "views_per_identity": cfg.views, "train_config": asdict(cfg),
+        "training_key": key,
+        "dtype": dtype,
+        "domains": domains,
+        "world_versions": {d: get_domain(d).WORLD_VERSION for d in domains},
+        "world_seed": cfg.world_seed,
+        "training_split": "evaluator",
+        "training_identities": cfg.identities * len(domains),
+        "training_identities_per_domain": cfg.identities,
+        "views_per_identity": cfg.views,
+        "train_config": asdict(cfg),
     }
     deg = lambda part: {k: v[part] for k, v in (degraded or {}).items() if isinstance(v, dict) and part in v}  # noqa: E731
-    identity.info = {**common, "validation": {"heldout_clean": clean["identity"], "heldout_degraded": deg("identity")},
-                     "attribute_heads": [f"{d}.{a}" for d, a, _ in attribute_heads(domains)]}
+    identity.info = {
+        **common,
+        "validation": {"heldout_clean": clean["identity"], "heldout_degraded": deg("identity")},
+        "attribute_heads": [f"{d}.{a}" for d, a, _ in attribute_heads(domains)],
+    }
     context.info = {**common, "validation": {"heldout_clean": clean["context"], "heldout_degraded": deg("context")}}
     torch_dtype = torch.float16 if dtype == "float16" else torch.float32
     identity.save(id_path, torch_dtype)
     context.save(ctx_path, torch_dtype)
-    report = {"training_key": key, "dtype": dtype, "domains": domains, "preset": preset, "clean": clean,
-              "degraded": degraded or {}, "files": {IDENTITY_FILE: id_path.stat().st_size, CONTEXT_FILE: ctx_path.stat().st_size}}
+    report = {
+        "training_key": key,
+        "dtype": dtype,
+        "domains": domains,
+        "preset": preset,
+        "clean": clean,
+        "degraded": degraded or {},
+        "files": {IDENTITY_FILE: id_path.stat().st_size, CONTEXT_FILE: ctx_path.stat().st_size},
+    }
     write_file(report_path, (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
     return report

@@ -18,14 +18,19 @@ from e4t.safetensors_io import read_file
 ARCH = JudgeArch(stem=4, channels=(8, 8, 16, 16), blocks=(0, 0, 1, 1))
 VOCAB = ContextVocab(
     {"background": ("plain", "beach"), "medium": ("photo", "sketch"), "accessory": ("none", "hat")},
-    {"background": {"plain": "", "beach": " on the beach"}, "medium": {"photo": "a photo of", "sketch": "a sketch of"},
-     "accessory": {"none": "", "hat": " wearing a hat"}},
+    {
+        "background": {"plain": "", "beach": " on the beach"},
+        "medium": {"photo": "a photo of", "sketch": "a sketch of"},
+        "accessory": {"none": "", "hat": " wearing a hat"},
+    },
 )
 
 
 def _images(n: int, seed: int = 0) -> list[Image.Image]:
     g = torch.Generator().manual_seed(seed)
-    return [Image.fromarray(torch.randint(0, 256, (48, 80, 3), generator=g, dtype=torch.uint8).numpy()) for _ in range(n)]
+    return [
+        Image.fromarray(torch.randint(0, 256, (48, 80, 3), generator=g, dtype=torch.uint8).numpy()) for _ in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +92,10 @@ def test_context_accuracy_errors(judges):
 def test_prompt_context_reads_caption_phrases(judges):
     ctx = load_judges(judges).context
     assert ctx.prompt_context("a sketch of {c_1a2b3c} on the beach wearing a hat") == {
-        "background": "beach", "medium": "sketch", "accessory": "hat"}
+        "background": "beach",
+        "medium": "sketch",
+        "accessory": "hat",
+    }
     assert ctx.prompt_context("{c_1a2b3c}") == {}
 
 

@@ -45,6 +45,8 @@ def test_generation_is_deterministic_and_uses_the_concept(world):
     assert streamed == [0, 1] and all(im.size == (64, 64) for im in images)
     again = generate(base, {"faces": pack}, {concept.id: concept}, prompt, num_images=1, steps=2)
     assert np.array_equal(np.asarray(images[0]), np.asarray(again[0]))
+    batched = generate(base, {"faces": pack}, {concept.id: concept}, prompt, num_images=2, steps=2, batch_size=2)
+    assert all(np.abs(np.asarray(a, float) - np.asarray(b, float)).max() <= 2 for a, b in zip(images, batched))
     plain = generate(base, {"faces": pack}, {}, "a photo of a face on the beach", num_images=1, steps=2)
     assert not np.array_equal(np.asarray(images[0]), np.asarray(plain[0]))
 

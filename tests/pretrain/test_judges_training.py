@@ -51,7 +51,7 @@ def test_rerun_skips_and_config_change_retrains(trained, tmp_path):
     before = (out / "identity.safetensors").stat().st_mtime_ns
     assert train_judges(out, preset="tiny", progress=False) == report  # same key: nothing runs, nothing written
     assert (out / "identity.safetensors").stat().st_mtime_ns == before
-    cfg = JudgeTrainConfig.preset("tiny", steps=2)
+    cfg = JudgeTrainConfig.preset("tiny", context_steps=2)
     assert cfg.training_key(sorted(DOMAINS)) != JudgeTrainConfig.preset("tiny").training_key(sorted(DOMAINS))
     again = train_judges(tmp_path, cfg=cfg, domains=["faces"], progress=False)
     assert again["domains"] == ["faces"] and again["degraded"] == {}
