@@ -39,7 +39,25 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     embedded.add_argument("--work", type=Path, default=None, help="shards, checkpoints and caches (default: runs/embedded)")
     embedded.add_argument("--num-procs", type=int, default=2, help="processes for domain pretraining")
     embedded.set_defaults(func=_run_embedded)
+
+    judges = sub.add_parser("judges", help="train the identity and context judges of the synthetic world")
+    judges.add_argument("--out", type=Path, default=Path("artifacts/judges"), help="output folder (default: %(default)s)")
+    judges.add_argument("--base", type=Path, default=None, metavar="BASE_DIR",
+                        help="also validate on renders degraded by this base (VAE round trip, img2img)")
+    judges.add_argument("--preset", choices=("tiny", "default"), default="default", help="(default: %(default)s)")
+    judges.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads (default: 1)")
+    judges.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    judges.set_defaults(func=_run_judges)
     return parser, sub
+
+
+def _run_judges(args: argparse.Namespace) -> int:
+    from pretrain.judges import JudgeTrainConfig, train_judges
+
+    cfg = JudgeTrainConfig.preset(args.preset, **({"num_threads": args.threads} if args.threads else {}))
+    report = train_judges(args.out, preset=args.preset, base_dir=args.base, cfg=cfg, progress=not args.no_progress)
+    print(json.dumps({"clean": report["clean"], "degraded": report["degraded"]}, indent=2))
+    return 0
 
 
 def _run_domain(args: argparse.Namespace) -> int:

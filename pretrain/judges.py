@@ -33,6 +33,7 @@ from e4t.judges import (
     IdentityJudge,
     JudgeArch,
     load_judges,
+    verification,
 )
 from e4t.safetensors_io import write_file
 from pretrain.checkpoint import config_hash
@@ -42,10 +43,10 @@ from shards.synth import DOMAINS, get_domain, render_sample
 
 @dataclass(frozen=True)
 class JudgeTrainConfig:
-    identities: int = 1200  # evaluator-split identities per domain
-    views: int = 8
+    identities: int = 1000  # evaluator-split identities per domain
+    views: int = 6
     identity_steps: int = 900
-    context_steps: int = 600
+    context_steps: int = 900
     batch: int = 64
     lr: float = 3e-3
     weight_decay: float = 5e-4
@@ -53,7 +54,7 @@ class JudgeTrainConfig:
     scale: float = 24.0
     attribute_weight: float = 0.5  # auxiliary heads on the embedding: attributes are what identities are made of
     identity_arch: dict = field(
-        default_factory=lambda: asdict(JudgeArch(stem=16, channels=(24, 48, 96, 160), blocks=(0, 1, 1, 1)))
+        default_factory=lambda: asdict(JudgeArch(stem=8, channels=(16, 32, 64, 128), blocks=(0, 1, 1, 1)))
     )
     context_arch: dict = field(
         default_factory=lambda: asdict(JudgeArch(stem=8, channels=(16, 32, 64, 128), blocks=(0, 1, 1, 1), out_dim=64))
@@ -76,15 +77,8 @@ class JudgeTrainConfig:
             return replace(cls(), **overrides)
         if name == "tiny":
             tiny = dict(
-                identities=24,
-                views=3,
-                identity_steps=4,
-                context_steps=4,
-                batch=16,
-                val_identities=8,
-                val_views=3,
-                degraded_identities=2,
-                degraded_steps=4,
+                identities=24, views=3, identity_steps=4, context_steps=4, batch=16, val_identities=8, val_views=3,
+                degraded_identities=2, degraded_steps=4,
                 identity_arch=asdict(JudgeArch(stem=4, channels=(8, 8, 16, 16), blocks=(0, 0, 1, 1), out_dim=128)),
                 context_arch=asdict(JudgeArch(stem=4, channels=(8, 8, 16, 16), blocks=(0, 0, 0, 1), out_dim=16)),
             )
@@ -163,15 +157,8 @@ def render_split(
                 bar.update(1)
             names.append(meta["identity"])
     bar.close()
-    return Renders(
-        torch.from_numpy(np.stack(pix)).permute(0, 3, 1, 2).contiguous(),
-        torch.tensor(ids),
-        torch.tensor(vws),
-        torch.tensor(attrs),
-        torch.tensor(ctxs),
-        caps,
-        names,
-    )
+    pixels = torch.from_numpy(np.stack(pix)).permute(0, 3, 1, 2).contiguous()
+    return Renders(pixels, *map(torch.tensor, (ids, vws, attrs, ctxs)), caps, names)
 
 
 def to_float(pixels: torch.Tensor) -> torch.Tensor:
@@ -298,41 +285,6 @@ def train_context(data: Renders, vocab: ContextVocab, cfg: JudgeTrainConfig, pro
     return judge.to(memory_format=torch.contiguous_format)
 
 
-def verification(sim: torch.Tensor, same: torch.Tensor, valid: torch.Tensor, fold: torch.Tensor) -> dict[str, float]:
-    """Face-verification figures over the valid pairs of a similarity matrix.
-
-    accuracy: balanced accuracy (mean of true-accept and true-reject rates) at a threshold chosen on
-    the other fold (2-fold, as LFW's protocol does with 10); tar_at_far_1e-2: genuine pairs accepted at
-    the threshold that lets 1% of impostor pairs through; mean cosines of both kinds of pair.
-    """
-    s, y, f = sim[valid].double(), same[valid], fold[valid]
-    if y.all() or not y.any():
-        raise ValueError(f"verification needs genuine and impostor pairs but got {int(y.sum())} genuine of {len(y)}.")
-
-    def balanced(scores: torch.Tensor, labels: torch.Tensor, thr: torch.Tensor) -> torch.Tensor:
-        acc_pos = (scores[labels][None] >= thr[:, None]).double().mean(1) if labels.any() else 1
-        acc_neg = (scores[~labels][None] < thr[:, None]).double().mean(1) if (~labels).any() else 1
-        return (acc_pos + acc_neg) / 2
-
-    grid = torch.linspace(-1, 1, 401, dtype=torch.float64)
-    accs = []
-    for train_fold in (True, False):
-        tr, te = f == train_fold, f != train_fold
-        acc = balanced(s[tr], y[tr], grid)
-        thr = grid[(acc == acc.max()).nonzero().flatten()].median()  # the middle of the best plateau, not its edge
-        accs.append(float(balanced(s[te], y[te], thr[None])))
-    far_thr = torch.quantile(s[~y].float(), 0.99)
-    return {
-        "accuracy": round(sum(accs) / 2, 4),
-        "tar_at_far_1e-2": round(float((s[y] > far_thr).double().mean()), 4),
-        "threshold_at_far_1e-2": round(float(far_thr), 4),
-        "cos_same": round(float(s[y].mean()), 4),
-        "cos_diff": round(float(s[~y].mean()), 4),
-        "genuine_pairs": int(y.sum()),
-        "impostor_pairs": int((~y).sum()),
-    }
-
-
 def _context_figures(judge: ContextJudge, pixels: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
     preds = judge.predict(pixels)
     hit = torch.tensor(
@@ -380,15 +332,8 @@ def degrade(
         # 1. VAE round trip: the floor of what any generated image loses
         vae_out.append(pipe.vae.decode(pipe.vae.encode(chunk).latent_dist.mode()).sample.clamp(-1, 1))
         # 2. noise to t ~ strength * T with the base scheduler, DDIM back under the caption
-        out = pipe(
-            prompt=caps,
-            image=(chunk + 1) / 2,
-            strength=cfg.strength,
-            num_inference_steps=cfg.degraded_steps,
-            guidance_scale=cfg.guidance,
-            generator=g,
-            output_type="pt",
-        ).images
+        out = pipe(prompt=caps, image=(chunk + 1) / 2, strength=cfg.strength, num_inference_steps=cfg.degraded_steps,
+                   guidance_scale=cfg.guidance, generator=g, output_type="pt").images
         img_out.append(out * 2 - 1)
         bar.update(len(chunk))
     bar.close()
@@ -397,14 +342,8 @@ def degrade(
     return {"vae": back(torch.cat(vae_out)), "img2img": back(torch.cat(img_out))}
 
 
-def validate_degraded(
-    identity: IdentityJudge,
-    context: ContextJudge,
-    val: Renders,
-    base_dir: str | Path,
-    cfg: JudgeTrainConfig,
-    progress: bool = True,
-) -> dict[str, Any]:
+def validate_degraded(identity: IdentityJudge, context: ContextJudge, val: Renders, base_dir: str | Path,
+                      cfg: JudgeTrainConfig, progress: bool = True) -> dict[str, Any]:
     """Degraded view 0 of some held-out identities vs the clean gallery of all held-out renders."""
     per_domain = len(val.names) // max(1, len({n.split("/")[0] for n in val.names}))
     keep = min(cfg.degraded_identities, per_domain)
@@ -414,15 +353,10 @@ def validate_degraded(
     q_ids, g_ids = val.identity[sel], val.identity
     half_q, half_g = q_ids % 2 == 0, g_ids % 2 == 0
     valid = (half_q[:, None] == half_g[None, :]) & (sel[:, None] != torch.arange(len(g_ids))[None, :])
-    out: dict[str, Any] = {
-        "queries": len(picked),
-        "strength": cfg.strength,
-        "steps": cfg.degraded_steps,
-        "guidance": cfg.guidance,
-    }
-    for name, pix in degrade(
-        base_dir, to_float(val.pixels[sel]), [val.captions[i] for i in picked], cfg, progress
-    ).items():
+    out: dict[str, Any] = {"queries": len(picked), "strength": cfg.strength, "steps": cfg.degraded_steps,
+                           "guidance": cfg.guidance}
+    captions = [val.captions[i] for i in picked]
+    for name, pix in degrade(base_dir, to_float(val.pixels[sel]), captions, cfg, progress).items():
         sim = identity.embed(pix) @ gallery.T
         out[name] = {
             "identity": verification(sim, q_ids[:, None] == g_ids[None, :], valid, half_q[:, None].expand_as(valid)),
@@ -431,15 +365,9 @@ def validate_degraded(
     return out
 
 
-def train_judges(
-    out_dir: str | Path,
-    *,
-    preset: str = "default",
-    base_dir: str | Path | None = None,
-    progress: bool = True,
-    cfg: JudgeTrainConfig | None = None,
-    domains: list[str] | None = None,
-) -> dict[str, Any]:
+def train_judges(out_dir: str | Path, *, preset: str = "default", base_dir: str | Path | None = None,
+                 progress: bool = True, cfg: JudgeTrainConfig | None = None,
+                 domains: list[str] | None = None) -> dict[str, Any]:
     """Train (or reuse) both judges into `out_dir`, validate them, write `report.json`; returns the report.
 
     Training is skipped when identity.safetensors and context.safetensors carry the same training key
@@ -494,25 +422,16 @@ def train_judges(
         # 4. degraded renders: VAE round trip and img2img through the base
         degraded = old.get("degraded") if reuse and base_hash is None else None
         if base_hash is not None:
-            degraded = {
-                "base_dir": str(base_dir),
-                "base_hash": base_hash,
-                **validate_degraded(identity, context, val, base_dir, cfg, progress),
-            }
+            figures = validate_degraded(identity, context, val, base_dir, cfg, progress)
+            degraded = {"base_dir": str(base_dir), "base_hash": base_hash, **figures}
     finally:
         torch.set_num_threads(threads)
     # 5. write both files (config and figures in their metadata) and the report
     common = {
-        "training_key": key,
-        "dtype": dtype,
-        "domains": domains,
-        "world_versions": {d: get_domain(d).WORLD_VERSION for d in domains},
-        "world_seed": cfg.world_seed,
-        "training_split": "evaluator",
-        "training_identities": cfg.identities * len(domains),
-        "training_identities_per_domain": cfg.identities,
-        "views_per_identity": cfg.views,
-        "train_config": asdict(cfg),
+        "training_key": key, "dtype": dtype, "domains": domains, "world_seed": cfg.world_seed,
+        "world_versions": {d: get_domain(d).WORLD_VERSION for d in domains}, "training_split": "evaluator",
+        "training_identities": cfg.identities * len(domains), "training_identities_per_domain": cfg.identities,
+        "views_per_identity": cfg.views, "train_config": asdict(cfg),
     }
     deg = lambda part: {k: v[part] for k, v in (degraded or {}).items() if isinstance(v, dict) and part in v}  # noqa: E731
     identity.info = {
@@ -524,14 +443,8 @@ def train_judges(
     torch_dtype = torch.float16 if dtype == "float16" else torch.float32
     identity.save(id_path, torch_dtype)
     context.save(ctx_path, torch_dtype)
-    report = {
-        "training_key": key,
-        "dtype": dtype,
-        "domains": domains,
-        "preset": preset,
-        "clean": clean,
-        "degraded": degraded or {},
-        "files": {IDENTITY_FILE: id_path.stat().st_size, CONTEXT_FILE: ctx_path.stat().st_size},
-    }
+    files = {IDENTITY_FILE: id_path.stat().st_size, CONTEXT_FILE: ctx_path.stat().st_size}
+    report = {"training_key": key, "dtype": dtype, "domains": domains, "preset": preset, "clean": clean,
+              "degraded": degraded or {}, "files": files}
     write_file(report_path, (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
     return report

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from e4t.judges import CONTEXT_KINDS, IDENTITY_FORMAT, load_judges
+from e4t.judges import CONTEXT_KINDS, IDENTITY_FORMAT, load_judges, verification
 from e4t.safetensors_io import read_file
-from pretrain.judges import JudgeTrainConfig, augment, train_judges, verification
+from pretrain.judges import JudgeTrainConfig, augment, train_judges
 from shards.synth import DOMAINS
 
 FIGURES = {"accuracy", "tar_at_far_1e-2", "cos_same", "cos_diff", "genuine_pairs", "impostor_pairs"}
