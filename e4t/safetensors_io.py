@@ -60,6 +60,7 @@ def write_file(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp creates 0600; these files are meant to be shared
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -36,12 +36,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     domain.set_defaults(func=_run_domain)
 
     embedded = sub.add_parser("embedded", help="rebuild every embedded artifact (shards, base, packs, judges)")
-    embedded.add_argument("--work", type=Path, default=None, help="shards, checkpoints and caches (default: runs/embedded)")
+    embedded.add_argument("--work", type=Path, default=None,
+                          help="shards, checkpoints and caches (default: runs/embedded)")
     embedded.add_argument("--num-procs", type=int, default=2, help="processes for domain pretraining")
     embedded.set_defaults(func=_run_embedded)
 
     judges = sub.add_parser("judges", help="train the identity and context judges of the synthetic world")
-    judges.add_argument("--out", type=Path, default=Path("artifacts/judges"), help="output folder (default: %(default)s)")
+    judges.add_argument("--out", type=Path, default=Path("artifacts/judges"), help="output folder (%(default)s)")
     judges.add_argument("--base", type=Path, default=None, metavar="BASE_DIR",
                         help="also validate on renders degraded by this base (VAE round trip, img2img)")
     judges.add_argument("--preset", choices=("tiny", "default"), default="default", help="(default: %(default)s)")
