@@ -46,8 +46,16 @@ def main() -> int:
         concept = personalize(base, pack, image, steps=args.tune_steps, seed=r)
         tune.append(time.perf_counter() - t)
         t = time.perf_counter()
-        generate(base, {pack.domain: pack}, {concept.id: concept}, f"a photo of {{{concept.id}}} on the beach",
-                 num_images=4, steps=25, guidance=7.5, seed=r)
+        generate(
+            base,
+            {pack.domain: pack},
+            {concept.id: concept},
+            f"a photo of {{{concept.id}}} on the beach",
+            num_images=4,
+            steps=25,
+            guidance=7.5,
+            seed=r,
+        )
         gen.append(time.perf_counter() - t)
     t_med, g_med = statistics.median(tune), statistics.median(gen)
     print(f"personalize ({args.tune_steps} steps): median {t_med:.3f} s over {args.repeats}")

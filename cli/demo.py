@@ -45,8 +45,10 @@ def render_truth(domain: str, index: int, context: tuple[str, str, str], seed: i
     medium, background, accessory = context
     nuisance = world.sample_nuisance(random.Random(f"demo/{domain}/{index}/{context}"))
     return world.render(
-        world.identity_attributes(index, seed), {"background": background, "medium": medium, "accessory": accessory},
-        nuisance, 64,
+        world.identity_attributes(index, seed),
+        {"background": background, "medium": medium, "accessory": accessory},
+        nuisance,
+        64,
     )
 
 
@@ -131,7 +133,9 @@ def run_demo(out: Path, *, num_images: int = 4, steps: int = 25, tune_steps: int
             for context in CONTEXTS:
                 prompt = prompt_for(domain, concept_id, context)
                 t = time.perf_counter()
-                images = [im for _, _, im in client.generate(prompt, num_images=num_images, steps=steps, guidance=guidance)]
+                images = [
+                    im for _, _, im in client.generate(prompt, num_images=num_images, steps=steps, guidance=guidance)
+                ]
                 generate_times.append(time.perf_counter() - t)
                 rows.append((prompt, render_truth(domain, index, context), images))
                 print(f"generated {len(images)} for {prompt!r} in {generate_times[-1]:.2f} s")

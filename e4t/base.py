@@ -86,16 +86,20 @@ def load_base(path: str | Path, *, device: str | torch.device = "cpu", dtype: to
     index = json.loads(index_file.read_text())
     missing = [c for c in _COMPONENTS if c not in index or not (root / c).is_dir()]
     if missing:
-        raise InvalidInput(
-            f"{str(root)!r} is not a Stable Diffusion folder: missing component(s) {', '.join(missing)}"
-        )
+        raise InvalidInput(f"{str(root)!r} is not a Stable Diffusion folder: missing component(s) {', '.join(missing)}")
     if index.get("_class_name") not in {"StableDiffusionPipeline", None}:
         raise InvalidInput(
-            f"{str(root)!r} holds a {index.get('_class_name')}; only StableDiffusionPipeline (SD 1.x / 2.x) is supported"
+            f"{str(root)!r} holds a {index.get('_class_name')}; "
+            "only StableDiffusionPipeline (SD 1.x / 2.x) is supported"
         )
     pipe = StableDiffusionPipeline.from_pretrained(
-        root, local_files_only=True, use_safetensors=True, safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False, dtype=dtype,
+        root,
+        local_files_only=True,
+        use_safetensors=True,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+        dtype=dtype,
     )
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)

@@ -39,8 +39,14 @@ class Concept:
 
     def metadata(self) -> dict[str, str]:
         return {
-            "id": self.id, "domain": self.domain, "pack_hash": self.pack_hash, "base_hash": self.base_hash,
-            "method": self.method, "steps": str(self.steps), "created": f"{self.created:.3f}", "owner": self.owner,
+            "id": self.id,
+            "domain": self.domain,
+            "pack_hash": self.pack_hash,
+            "base_hash": self.base_hash,
+            "method": self.method,
+            "steps": str(self.steps),
+            "created": f"{self.created:.3f}",
+            "owner": self.owner,
         }
 
     def offsets(self, pack) -> dict[str, torch.Tensor]:
@@ -73,7 +79,13 @@ class Concept:
         return cls(
             embedding=tensors["embedding"].float(),
             offset_deltas={k[len("delta.") :]: v.float() for k, v in tensors.items() if k.startswith("delta.")},
-            domain=config["domain"], pack_hash=config["pack_hash"], base_hash=config["base_hash"],
-            method=config["method"], steps=int(config["steps"]), id=config["id"], created=float(config["created"]),
-            owner=config.get("owner", ""), extra=config.get("extra", {}),
+            domain=config["domain"],
+            pack_hash=config["pack_hash"],
+            base_hash=config["base_hash"],
+            method=config["method"],
+            steps=int(config["steps"]),
+            id=config["id"],
+            created=float(config["created"]),
+            owner=config.get("owner", ""),
+            extra=config.get("extra", {}),
         )

@@ -26,7 +26,11 @@ class EncoderConfig:
     unet_channels: tuple[int, ...]  # channels of each down block's output, then the mid block's
     vision: dict = field(
         default_factory=lambda: dict(
-            image_size=64, patch_size=8, hidden_size=128, intermediate_size=512, num_hidden_layers=4,
+            image_size=64,
+            patch_size=8,
+            hidden_size=128,
+            intermediate_size=512,
+            num_hidden_layers=4,
             num_attention_heads=4,
         )
     )
@@ -84,7 +88,9 @@ class E4TEncoder(nn.Module):
         return self.config.scale * self.fuse(torch.cat([v, u], dim=-1))
 
 
-def unet_features(unet, noisy_latents: torch.Tensor, timesteps: torch.Tensor, text_states: torch.Tensor) -> list[torch.Tensor]:
+def unet_features(
+    unet, noisy_latents: torch.Tensor, timesteps: torch.Tensor, text_states: torch.Tensor
+) -> list[torch.Tensor]:
     """Outputs of every down block and of the mid block of `unet` for this input.
 
     Hooks are attached for the duration of one forward pass; the UNet is otherwise untouched.

@@ -86,8 +86,13 @@ def generate(
             count = min(batch_size, num_images - start)
             generators = [torch.Generator(device="cpu").manual_seed(seed + start + k) for k in range(count)]
             batch = base.pipe(
-                prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds, num_images_per_prompt=count,
-                num_inference_steps=steps, guidance_scale=guidance, generator=generators, output_type="pil",
+                prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=negative_embeds,
+                num_images_per_prompt=count,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                generator=generators,
+                output_type="pil",
                 callback_on_step_end=check_cancel,
             ).images
             for k, image in enumerate(batch):

@@ -33,7 +33,9 @@ class OffsetConfig:
 
     def lora_config(self) -> LoraConfig:
         # gaussian init of A with B = 0: the offsets start at exactly zero
-        return LoraConfig(r=self.rank, lora_alpha=self.rank, target_modules=list(self.targets), init_lora_weights="gaussian")
+        return LoraConfig(
+            r=self.rank, lora_alpha=self.rank, target_modules=list(self.targets), init_lora_weights="gaussian"
+        )
 
 
 def ensure_adapter(unet, name: str, config: OffsetConfig) -> None:

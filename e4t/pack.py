@@ -65,8 +65,14 @@ class DomainPack:
 
     @classmethod
     def initial(
-        cls, base: Base, domain: str, class_word: str, *, offset_config: OffsetConfig = OffsetConfig(),
-        vision: dict | None = None, seed: int = 0,
+        cls,
+        base: Base,
+        domain: str,
+        class_word: str,
+        *,
+        offset_config: OffsetConfig = OffsetConfig(),
+        vision: dict | None = None,
+        seed: int = 0,
     ) -> DomainPack:
         """An untrained pack for `base`: a fresh encoder and zero offsets (LoRA B starts at 0)."""
         from e4t.offsets import TUNE, ensure_adapter, get_offsets

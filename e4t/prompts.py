@@ -80,13 +80,17 @@ def encode_prompts(
         ids, slots = tokenize_with_slots(tokenizer, prompt, slot_id)
         missing = [n for _, n in slots if n not in names]
         if missing:
-            raise InvalidInput(f"prompt names {', '.join('{' + n + '}' for n in missing)} but no embedding was given for it")
+            raise InvalidInput(
+                f"prompt names {', '.join('{' + n + '}' for n in missing)} but no embedding was given for it"
+            )
         rows.append(ids)
         all_slots.append(slots)
     input_ids = torch.tensor(rows, device=table.weight.device)
     token_embeds = table(input_ids)
     if any(all_slots):
-        index = torch.tensor([[b, pos] for b, slots in enumerate(all_slots) for pos, _ in slots], device=input_ids.device)
+        index = torch.tensor(
+            [[b, pos] for b, slots in enumerate(all_slots) for pos, _ in slots], device=input_ids.device
+        )
         values = torch.stack([embeddings[b][name] for b, slots in enumerate(all_slots) for _, name in slots])
         token_embeds = token_embeds.index_put((index[:, 0], index[:, 1]), values.to(token_embeds.dtype))
     return _run_text_transformer(tm, token_embeds)

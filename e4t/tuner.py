@@ -1,4 +1,5 @@
-"""Inference-time tuning (Gal et al. 2023, sec. 4.2): a few steps on one image from the pretrained encoder and offsets."""
+"""Inference-time tuning (Gal et al. 2023, sec. 4.2): a few steps on one image, from the pretrained
+encoder and offsets."""
 
 from __future__ import annotations
 
@@ -89,5 +90,9 @@ def personalize(
     return Concept(
         embedding=embedding.detach().clone(),
         offset_deltas={k: tuned[k] - v for k, v in pack.offsets.items()},
-        domain=pack.domain, pack_hash=pack.hash, base_hash=base.hash, steps=steps, owner=owner,
+        domain=pack.domain,
+        pack_hash=pack.hash,
+        base_hash=base.hash,
+        steps=steps,
+        owner=owner,
     )

@@ -35,4 +35,6 @@ def class_word_images(
     base: Base, caption: str, count: int, *, steps: int, guidance: float, seed: int
 ) -> list[Image.Image]:
     """The base alone (no concept, no offsets) on the class-word caption, with the protocol's seeds."""
-    return generate(base, {}, {}, caption, num_images=count, steps=steps, guidance=guidance, seed=seed, batch_size=count)
+    return generate(
+        base, {}, {}, caption, num_images=count, steps=steps, guidance=guidance, seed=seed, batch_size=count
+    )

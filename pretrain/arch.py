@@ -57,8 +57,13 @@ class BaseArch:
 
 
 TINY = BaseArch(
-    vae_channels=(8, 16, 16), unet_channels=(16, 32, 32), unet_head_dim=8, text_width=32, text_layers=1,
-    text_heads=2, vocab_merges=300,
+    vae_channels=(8, 16, 16),
+    unet_channels=(16, 32, 32),
+    unet_head_dim=8,
+    text_width=32,
+    text_layers=1,
+    text_heads=2,
+    vocab_merges=300,
 )
 # Sized for ~30 min of training on 2 CPU cores: a VAE at (32, 64, 128) costs ~4x the step time.
 DEFAULT = BaseArch(vae_channels=(16, 32, 64), unet_channels=(32, 64, 128))
@@ -82,7 +87,9 @@ def train_tokenizer(captions: Iterable[str], out_dir: str | Path, arch: BaseArch
         show_progress=False,
     )
     bpe.train_from_iterator(captions, trainer=trainer)
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in json.loads(bpe.to_str())["model"]["merges"]]
+    merges = [
+        tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in json.loads(bpe.to_str())["model"]["merges"]
+    ]
 
     vocab = byte_symbols + [s + "</w>" for s in byte_symbols]
     vocab += ["".join(m) for m in merges if "".join(m) not in vocab]
@@ -92,8 +99,10 @@ def train_tokenizer(captions: Iterable[str], out_dir: str | Path, arch: BaseArch
     (out / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False))
     (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
     tokenizer = CLIPTokenizer(
-        vocab={tok: i for i, tok in enumerate(vocab)}, merges=merges,
-        model_max_length=arch.max_tokens, pad_token=EOS,
+        vocab={tok: i for i, tok in enumerate(vocab)},
+        merges=merges,
+        model_max_length=arch.max_tokens,
+        pad_token=EOS,
     )
     tokenizer.save_pretrained(out)
     return tokenizer
@@ -107,7 +116,9 @@ def _regex(pattern: str):
 
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2 / CLIP's reversible map from bytes to printable unicode symbols."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     extra = [b for b in range(256) if b not in printable]
     codes = printable + [256 + i for i in range(len(extra))]
     return dict(zip(printable + extra, map(chr, codes)))
@@ -165,8 +176,13 @@ def build_unet(arch: BaseArch) -> UNet2DConditionModel:
 def build_scheduler() -> DDIMScheduler:
     # Stable Diffusion's training schedule; DDIM with it samples well in 25 steps.
     return DDIMScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
     )
 
 
@@ -183,8 +199,14 @@ def save_pipeline(
 ) -> Path:
     """Save as a plain `StableDiffusionPipeline` folder, plus `embedded.json` saying how it was made."""
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=build_scheduler(),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=build_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     if dtype != torch.float32:
         pipe.to(dtype=dtype)

@@ -91,8 +91,16 @@ class BaseTrainConfig:
 
 PRESETS: dict[str, BaseTrainConfig] = {
     "tiny": BaseTrainConfig(
-        vae_steps=3, vae_batch_size=8, vae_warmup=1, unet_steps=4, unet_batch_size=8, unet_warmup=1,
-        checkpoint_every=2, sample_steps=2, sample_per_prompt=1, num_threads=1,
+        vae_steps=3,
+        vae_batch_size=8,
+        vae_warmup=1,
+        unet_steps=4,
+        unet_batch_size=8,
+        unet_warmup=1,
+        checkpoint_every=2,
+        sample_steps=2,
+        sample_per_prompt=1,
+        num_threads=1,
     ),
     "default": BaseTrainConfig(),
 }
@@ -132,8 +140,16 @@ def train_base(
         torch.set_num_threads(threads)
 
 
-def _train_stages(out: Path, inputs: dict[str, str], manifests: list[dict], data: _Data,
-                  arch: BaseArch, cfg: BaseTrainConfig, progress: bool, callback: StepCallback | None) -> Path:
+def _train_stages(
+    out: Path,
+    inputs: dict[str, str],
+    manifests: list[dict],
+    data: _Data,
+    arch: BaseArch,
+    cfg: BaseTrainConfig,
+    progress: bool,
+    callback: StepCallback | None,
+) -> Path:
     work, shas = out / "work", list(inputs.values())  # moved shards with the same content stay up to date
     timings: dict[str, float] = {}
 
@@ -169,11 +185,17 @@ def _train_stages(out: Path, inputs: dict[str, str], manifests: list[dict], data
 
     # 4. UNet and text encoder, jointly, from scratch
     unet_key = ck.config_hash(
-        {"stage": 4, "tokenizer": tok_key, "latents": cache_key, "arch": arch.to_json(),
-         "cfg": cfg.subset("unet_", *_TRAIN_KEYS)}
+        {
+            "stage": 4,
+            "tokenizer": tok_key,
+            "latents": cache_key,
+            "arch": arch.to_json(),
+            "cfg": cfg.subset("unet_", *_TRAIN_KEYS),
+        }
     )
     unet_dir = run_stage(
-        "4-unet", unet_key,
+        "4-unet",
+        unet_key,
         lambda d: _stage_unet(d, unet_key, cache_dir, tokenizer, vae, arch, cfg, progress, callback),
     )
 
@@ -184,16 +206,34 @@ def _train_stages(out: Path, inputs: dict[str, str], manifests: list[dict], data
         unet = UNet2DConditionModel.from_pretrained(unet_dir / "unet")
         text_encoder = CLIPTextModel.from_pretrained(unet_dir / "text_encoder")
         extra = {
-            "training": asdict(cfg), "inputs": inputs, "timings": timings,
+            "training": asdict(cfg),
+            "inputs": inputs,
+            "timings": timings,
             "world_version": sorted({m.get("world_version") for m in manifests}, key=str),
             "steps": {"vae": cfg.vae_steps, "unet": cfg.unet_steps},
         }
-        save_pipeline(out, tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, unet=unet, arch=arch,
-                      dtype=getattr(torch, cfg.dtype), extra=extra)
+        save_pipeline(
+            out,
+            tokenizer=tokenizer,
+            text_encoder=text_encoder,
+            vae=vae,
+            unet=unet,
+            arch=arch,
+            dtype=getattr(torch, cfg.dtype),
+            extra=extra,
+        )
         pipe = StableDiffusionPipeline.from_pretrained(out, local_files_only=True).to(dtype=torch.float32)
         prompts = json.loads((cache_dir / "prompts.json").read_text())
-        sample_grid(pipe, prompts, out / "samples.png", steps=cfg.sample_steps, guidance=cfg.guidance_scale,
-                    per_prompt=cfg.sample_per_prompt, seed=cfg.seed, progress=progress)
+        sample_grid(
+            pipe,
+            prompts,
+            out / "samples.png",
+            steps=cfg.sample_steps,
+            guidance=cfg.guidance_scale,
+            per_prompt=cfg.sample_per_prompt,
+            seed=cfg.seed,
+            progress=progress,
+        )
         return {"samples": str(out / "samples.png")}
 
     run_stage("5-save", save_key, save)
@@ -207,13 +247,28 @@ class _Data:
         self.urls, self.arch, self.cfg = urls, arch, cfg
 
     def once(self, batch_size: int) -> Iterator[dict]:
-        return iter(make_pipeline(self.urls, batch_size=batch_size, image_size=self.arch.image_size,
-                                  splits=["base"], shuffle=0, seed=self.cfg.seed))
+        return iter(
+            make_pipeline(
+                self.urls,
+                batch_size=batch_size,
+                image_size=self.arch.image_size,
+                splits=["base"],
+                shuffle=0,
+                seed=self.cfg.seed,
+            )
+        )
 
     def forever(self, batch_size: int, seed: int) -> Iterator[dict]:
         while True:  # resampled streams are endless; this loop only guards against an early end
-            yield from make_pipeline(self.urls, batch_size=batch_size, image_size=self.arch.image_size,
-                                     splits=["base"], resampled=True, shuffle=1000, seed=seed)
+            yield from make_pipeline(
+                self.urls,
+                batch_size=batch_size,
+                image_size=self.arch.image_size,
+                splits=["base"],
+                resampled=True,
+                shuffle=1000,
+                seed=seed,
+            )
             seed += 1
 
 
@@ -231,8 +286,15 @@ def _stage_tokenizer(stage_dir: Path, data: _Data, manifests: list[dict], arch: 
     return {"captions": len(captions), "vocab": len(tokenizer), "class_words": single}
 
 
-def _stage_vae(stage_dir: Path, key: str, data: _Data, arch: BaseArch, cfg: BaseTrainConfig,
-               progress: bool, callback: StepCallback | None) -> dict[str, Any]:
+def _stage_vae(
+    stage_dir: Path,
+    key: str,
+    data: _Data,
+    arch: BaseArch,
+    cfg: BaseTrainConfig,
+    progress: bool,
+    callback: StepCallback | None,
+) -> dict[str, Any]:
     ck.seed_everything(cfg.seed)
     vae = build_vae(arch)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=cfg.weight_decay)
@@ -246,9 +308,20 @@ def _stage_vae(stage_dir: Path, key: str, data: _Data, arch: BaseArch, cfg: Base
         kl = post.kl().mean() / x[0].numel()  # per pixel, so the weight is independent of image size
         return mse + cfg.vae_l1_weight * l1 + cfg.vae_kl_weight * kl, {"mse": mse.item()}
 
-    logs = _train_loop("2-vae", stage_dir / "ckpt.pt", key, cfg, cfg.vae_steps, {"vae": vae}, opt, sched,
-                       lambda start: data.forever(cfg.vae_batch_size, cfg.seed + start), loss_fn,
-                       progress=progress, callback=callback)
+    logs = _train_loop(
+        "2-vae",
+        stage_dir / "ckpt.pt",
+        key,
+        cfg,
+        cfg.vae_steps,
+        {"vae": vae},
+        opt,
+        sched,
+        lambda start: data.forever(cfg.vae_batch_size, cfg.seed + start),
+        loss_fn,
+        progress=progress,
+        callback=callback,
+    )
     # SD's trick: scale latents to unit variance so the noise schedule fits them.
     vae.eval()
     with torch.no_grad():
@@ -278,14 +351,24 @@ def _stage_latents(stage_dir: Path, data: _Data, vae: AutoencoderKL, progress: b
     return {"samples": len(captions)}
 
 
-def _stage_unet(stage_dir: Path, key: str, cache_dir: Path, tokenizer: CLIPTokenizer, vae: AutoencoderKL,
-                arch: BaseArch, cfg: BaseTrainConfig, progress: bool, callback: StepCallback | None) -> dict[str, Any]:
+def _stage_unet(
+    stage_dir: Path,
+    key: str,
+    cache_dir: Path,
+    tokenizer: CLIPTokenizer,
+    vae: AutoencoderKL,
+    arch: BaseArch,
+    cfg: BaseTrainConfig,
+    progress: bool,
+    callback: StepCallback | None,
+) -> dict[str, Any]:
     ck.seed_everything(cfg.seed)
     cache = load_file(cache_dir / "latents.safetensors")
     mean, std, scale = cache["mean"], cache["std"], vae.config.scaling_factor
     captions = json.loads((cache_dir / "captions.json").read_text())
-    ids = tokenizer(captions, padding="max_length", max_length=arch.max_tokens, truncation=True,
-                    return_tensors="pt").input_ids
+    ids = tokenizer(
+        captions, padding="max_length", max_length=arch.max_tokens, truncation=True, return_tensors="pt"
+    ).input_ids
     empty = tokenizer("", padding="max_length", max_length=arch.max_tokens, return_tensors="pt").input_ids
     unet, text_encoder = build_unet(arch), build_text_encoder(arch, tokenizer)
     params = list(unet.parameters()) + list(text_encoder.parameters())
@@ -317,9 +400,22 @@ def _stage_unet(stage_dir: Path, key: str, cache_dir: Path, tokenizer: CLIPToken
         if callback is not None:
             callback(stage, step)
 
-    logs = _train_loop("4-unet", stage_dir / "ckpt.pt", key, cfg, cfg.unet_steps,
-                       {"unet": unet, "text_encoder": text_encoder}, opt, sched, batches, loss_fn,
-                       ema=ema, params=params, progress=progress, callback=on_step)
+    logs = _train_loop(
+        "4-unet",
+        stage_dir / "ckpt.pt",
+        key,
+        cfg,
+        cfg.unet_steps,
+        {"unet": unet, "text_encoder": text_encoder},
+        opt,
+        sched,
+        batches,
+        loss_fn,
+        ema=ema,
+        params=params,
+        progress=progress,
+        callback=on_step,
+    )
     if ema is not None:
         ema.copy_to(params)
     unet.save_pretrained(stage_dir / "unet", safe_serialization=True)
@@ -328,29 +424,64 @@ def _stage_unet(stage_dir: Path, key: str, cache_dir: Path, tokenizer: CLIPToken
     return logs
 
 
-def _preview(path: Path, cache_dir: Path, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, vae: AutoencoderKL,
-             unet: UNet2DConditionModel, ema: EMAModel | None, params: list, cfg: BaseTrainConfig) -> None:
+def _preview(
+    path: Path,
+    cache_dir: Path,
+    tokenizer: CLIPTokenizer,
+    text_encoder: CLIPTextModel,
+    vae: AutoencoderKL,
+    unet: UNet2DConditionModel,
+    ema: EMAModel | None,
+    params: list,
+    cfg: BaseTrainConfig,
+) -> None:
     """Samples mid-training, from the EMA weights when there are some."""
     if ema is not None:
         ema.store(params)
         ema.copy_to(params)
     unet.eval(), text_encoder.eval()
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=build_scheduler(), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=build_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     prompts = json.loads((cache_dir / "prompts.json").read_text())
-    sample_grid(pipe, prompts, path, steps=cfg.sample_steps, guidance=cfg.guidance_scale,
-                per_prompt=cfg.sample_per_prompt, seed=cfg.seed, progress=False)
+    sample_grid(
+        pipe,
+        prompts,
+        path,
+        steps=cfg.sample_steps,
+        guidance=cfg.guidance_scale,
+        per_prompt=cfg.sample_per_prompt,
+        seed=cfg.seed,
+        progress=False,
+    )
     unet.train(), text_encoder.train()
     if ema is not None:
         ema.restore(params)
 
 
 def _train_loop(
-    stage: str, ckpt: Path, key: str, cfg: BaseTrainConfig, steps: int, models: dict[str, torch.nn.Module],
-    opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
-    batches: Callable[[int], Iterator[Any]], loss_fn: Callable[[Any], tuple[torch.Tensor, dict[str, float]]], *,
-    ema: EMAModel | None = None, params: list | None = None, progress: bool, callback: StepCallback | None,
+    stage: str,
+    ckpt: Path,
+    key: str,
+    cfg: BaseTrainConfig,
+    steps: int,
+    models: dict[str, torch.nn.Module],
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    batches: Callable[[int], Iterator[Any]],
+    loss_fn: Callable[[Any], tuple[torch.Tensor, dict[str, float]]],
+    *,
+    ema: EMAModel | None = None,
+    params: list | None = None,
+    progress: bool,
+    callback: StepCallback | None,
 ) -> dict[str, Any]:
     """The one training loop: resume, step, clip, EMA, checkpoint every `cfg.checkpoint_every` steps."""
     params = params or [p for m in models.values() for p in m.parameters()]
@@ -384,12 +515,20 @@ def _train_loop(
         bar.set_postfix(lr=f"{sched.get_last_lr()[0]:.1e}", **{k: f"{v:.4f}" for k, v in logs.items()})
         done = step + 1
         if done % cfg.checkpoint_every == 0 and done < steps:
-            ck.save_checkpoint(ckpt, {
-                "key": key, "stage": stage, "step": done, "config": asdict(cfg),
-                "models": {n: m.state_dict() for n, m in models.items()}, "optimizer": opt.state_dict(),
-                "lr_scheduler": sched.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                "rng": ck.capture_rng(),
-            })
+            ck.save_checkpoint(
+                ckpt,
+                {
+                    "key": key,
+                    "stage": stage,
+                    "step": done,
+                    "config": asdict(cfg),
+                    "models": {n: m.state_dict() for n, m in models.items()},
+                    "optimizer": opt.state_dict(),
+                    "lr_scheduler": sched.state_dict(),
+                    "ema": ema.state_dict() if ema is not None else None,
+                    "rng": ck.capture_rng(),
+                },
+            )
         if callback is not None:
             callback(stage, done)
     seconds = time.perf_counter() - t0
@@ -421,8 +560,17 @@ def sample_prompts(captions: list[str], metas: list[dict]) -> list[str]:
     return prompts
 
 
-def sample_grid(pipe: StableDiffusionPipeline, prompts: list[str], path: Path, *, steps: int = 25,
-                guidance: float = 7.5, seed: int = 0, per_prompt: int = 4, progress: bool = True) -> Path:
+def sample_grid(
+    pipe: StableDiffusionPipeline,
+    prompts: list[str],
+    path: Path,
+    *,
+    steps: int = 25,
+    guidance: float = 7.5,
+    seed: int = 0,
+    per_prompt: int = 4,
+    progress: bool = True,
+) -> Path:
     """A labelled grid: one row per prompt, `per_prompt` seeds per row, DDIM with classifier-free guidance."""
     pipe.set_progress_bar_config(disable=True)
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -430,8 +578,14 @@ def sample_grid(pipe: StableDiffusionPipeline, prompts: list[str], path: Path, *
     grid = Image.new("RGB", (label_w + per_prompt * size, len(prompts) * size), "white")
     draw = ImageDraw.Draw(grid)
     for row, prompt in enumerate(tqdm(prompts, desc="samples", disable=not progress)):
-        images = pipe([prompt] * per_prompt, num_inference_steps=steps, guidance_scale=guidance, height=size,
-                      width=size, generator=torch.Generator().manual_seed(seed + row)).images
+        images = pipe(
+            [prompt] * per_prompt,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            height=size,
+            width=size,
+            generator=torch.Generator().manual_seed(seed + row),
+        ).images
         draw.text((4, row * size + size // 2 - 5), prompt, fill="black")
         for col, image in enumerate(images):
             grid.paste(image, (label_w + col * size, row * size))

@@ -1,6 +1,6 @@
 """`e4t pretrain ...`: training jobs. `base` trains the embedded base from scratch.
 
-    e4t pretrain base --shards shards/faces --out models/base --preset default
+e4t pretrain base --shards shards/faces --out models/base --preset default
 """
 
 from __future__ import annotations
@@ -16,11 +16,21 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     base = sub.add_parser("base", help="train the embedded base (tokenizer, VAE, text encoder, UNet) from scratch")
-    base.add_argument("--shards", action="append", required=True, type=Path, metavar="DIR",
-                      help="shard directory with manifest.json (repeat once per domain)")
+    base.add_argument(
+        "--shards",
+        action="append",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="shard directory with manifest.json (repeat once per domain)",
+    )
     base.add_argument("--out", required=True, type=Path, metavar="BASE_DIR", help="output pipeline folder")
-    base.add_argument("--preset", choices=("tiny", "default"), default="default",
-                      help="training config and architecture preset (default: %(default)s)")
+    base.add_argument(
+        "--preset",
+        choices=("tiny", "default"),
+        default="default",
+        help="training config and architecture preset (default: %(default)s)",
+    )
     base.add_argument("--steps", type=int, default=None, metavar="N", help="override the UNet training steps")
     base.add_argument("--vae-steps", type=int, default=None, metavar="N", help="override the VAE training steps")
     base.add_argument("--dtype", choices=("float32", "float16"), default=None, help="dtype of the saved weights")
@@ -36,15 +46,21 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     domain.set_defaults(func=_run_domain)
 
     embedded = sub.add_parser("embedded", help="rebuild every embedded artifact (shards, base, packs, judges)")
-    embedded.add_argument("--work", type=Path, default=None,
-                          help="shards, checkpoints and caches (default: runs/embedded)")
+    embedded.add_argument(
+        "--work", type=Path, default=None, help="shards, checkpoints and caches (default: runs/embedded)"
+    )
     embedded.add_argument("--num-procs", type=int, default=2, help="processes for domain pretraining")
     embedded.set_defaults(func=_run_embedded)
 
     judges = sub.add_parser("judges", help="train the identity and context judges of the synthetic world")
     judges.add_argument("--out", type=Path, default=Path("artifacts/judges"), help="output folder (%(default)s)")
-    judges.add_argument("--base", type=Path, default=None, metavar="BASE_DIR",
-                        help="also validate on renders degraded by this base (VAE round trip, img2img)")
+    judges.add_argument(
+        "--base",
+        type=Path,
+        default=None,
+        metavar="BASE_DIR",
+        help="also validate on renders degraded by this base (VAE round trip, img2img)",
+    )
     judges.add_argument("--preset", choices=("tiny", "default"), default="default", help="(default: %(default)s)")
     judges.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads (default: 1)")
     judges.add_argument("--no-progress", action="store_true", help="hide progress bars")

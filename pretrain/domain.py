@@ -53,9 +53,18 @@ class DomainTrainConfig:
     def preset(cls, name: str) -> DomainTrainConfig:
         if name == "tiny":
             return cls(
-                steps=4, batch_size=2, warmup=1, checkpoint_every=2,
-                vision=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
-                            num_hidden_layers=1, num_attention_heads=2),
+                steps=4,
+                batch_size=2,
+                warmup=1,
+                checkpoint_every=2,
+                vision=dict(
+                    image_size=32,
+                    patch_size=8,
+                    hidden_size=32,
+                    intermediate_size=64,
+                    num_hidden_layers=1,
+                    num_attention_heads=2,
+                ),
             )
         if name == "default":
             return cls()
@@ -144,8 +153,14 @@ def train_domain(
     urls = [u for d in shard_dirs for u in shard_urls(d)]
     data = iter(
         make_pipeline(
-            urls, batch_size=cfg.batch_size, splits=[cfg.split], resampled=True, augment=True,
-            seed=cfg.seed + 1000 * step + rank, world_size=world, rank=rank,
+            urls,
+            batch_size=cfg.batch_size,
+            splits=[cfg.split],
+            resampled=True,
+            augment=True,
+            seed=cfg.seed + 1000 * step + rank,
+            world_size=world,
+            rank=rank,
             image_size=base.resolution,
         )
     )
@@ -164,7 +179,9 @@ def train_domain(
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             rng = [None] * world
             torch.distributed.all_gather_object(rng, capture_rng())
-            engine.save_checkpoint(str(work), tag=f"step{step}", client_state={"step": step, "rng": rng, "fingerprint": fingerprint})
+            engine.save_checkpoint(
+                str(work), tag=f"step{step}", client_state={"step": step, "rng": rng, "fingerprint": fingerprint}
+            )
     bar.close()
 
     # 7. the domain pack, written by rank 0
@@ -173,7 +190,9 @@ def train_domain(
         pack.offsets = get_offsets(base.unet, TUNE)
         pack.step = step
         pack.training = {
-            "fingerprint": fingerprint, "config": asdict(cfg), "world_size": world,
+            "fingerprint": fingerprint,
+            "config": asdict(cfg),
+            "world_size": world,
             "seconds_this_run": round(time.time() - started, 1),
             "shards": [json.loads((d / "manifest.json").read_text()).get("name", d.name) for d in shard_dirs],
         }
@@ -209,8 +228,14 @@ def launch(args: argparse.Namespace) -> int:
     env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.num_procs))
     env.setdefault("MASTER_ADDR", "127.0.0.1")
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.num_procs}",
-        "-m", "pretrain.domain", *worker_argv(args),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={args.num_procs}",
+        "-m",
+        "pretrain.domain",
+        *worker_argv(args),
     ]
     return subprocess.call(cmd, env=env, cwd=Path(__file__).resolve().parent.parent)
 
@@ -236,8 +261,20 @@ def config_from_args(args: argparse.Namespace) -> DomainTrainConfig:
 
 
 def worker_argv(args: argparse.Namespace) -> list[str]:
-    argv = ["--base", args.base, "--shards", *args.shards, "--out", args.out, "--domain", args.domain,
-            "--class-word", args.class_word, "--preset", args.preset]
+    argv = [
+        "--base",
+        args.base,
+        "--shards",
+        *args.shards,
+        "--out",
+        args.out,
+        "--domain",
+        args.domain,
+        "--class-word",
+        args.class_word,
+        "--preset",
+        args.preset,
+    ]
     for name in ("steps", "batch_size", "checkpoint_every"):
         if getattr(args, name) is not None:
             argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
@@ -251,8 +288,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     random.seed(0)
     np.random.seed(0)
-    train_domain(Path(args.base), [Path(s) for s in args.shards], Path(args.out), config_from_args(args),
-                 domain=args.domain, class_word=args.class_word)
+    train_domain(
+        Path(args.base),
+        [Path(s) for s in args.shards],
+        Path(args.out),
+        config_from_args(args),
+        domain=args.domain,
+        class_word=args.class_word,
+    )
     return 0
 
 

@@ -37,7 +37,10 @@ def _synth(domain: str, out: Path, recipe: EmbeddedRecipe) -> Path:
     if manifest.is_file():
         m = json.loads(manifest.read_text())
         same_args = (m.get("identities"), m.get("views"), m.get("size"), m.get("seed")) == (
-            recipe.identities, recipe.views, recipe.size, recipe.seed,
+            recipe.identities,
+            recipe.views,
+            recipe.size,
+            recipe.seed,
         )
         if same_args and _renderer_unchanged(domain, out, recipe):
             print(f"shards {out} are current")
@@ -71,7 +74,9 @@ def _export_base(trained: Path, target: Path) -> None:
     tmp.rename(target)
 
 
-def build_embedded(work: Path = ROOT / "runs" / "embedded", *, num_procs: int = 2, recipe: EmbeddedRecipe = EmbeddedRecipe()) -> dict:
+def build_embedded(
+    work: Path = ROOT / "runs" / "embedded", *, num_procs: int = 2, recipe: EmbeddedRecipe = EmbeddedRecipe()
+) -> dict:
     import argparse
 
     from pretrain.arch import DEFAULT
@@ -89,8 +94,12 @@ def build_embedded(work: Path = ROOT / "runs" / "embedded", *, num_procs: int = 
 
     # 2. the base, trained on the base split of all domains, exported without work files
     t = time.time()
-    trained = train_base(list(shard_dirs.values()), work / "base", arch=DEFAULT,
-                         cfg=BaseTrainConfig.preset("default", unet_steps=recipe.base_unet_steps))
+    trained = train_base(
+        list(shard_dirs.values()),
+        work / "base",
+        arch=DEFAULT,
+        cfg=BaseTrainConfig.preset("default", unet_steps=recipe.base_unet_steps),
+    )
     _export_base(trained, artifacts / "base")
     timings["base_s"] = round(time.time() - t, 1)
 
@@ -98,9 +107,16 @@ def build_embedded(work: Path = ROOT / "runs" / "embedded", *, num_procs: int = 
     for domain, shards in shard_dirs.items():
         t = time.time()
         args = argparse.Namespace(
-            base=str(artifacts / "base"), shards=[str(shards)], out=str(artifacts / "packs" / f"{domain}.safetensors"),
-            domain=domain, class_word=DOMAINS[domain].CLASS_WORD, preset="default", steps=recipe.domain_steps,
-            batch_size=recipe.domain_batch_size, checkpoint_every=None, num_procs=num_procs,
+            base=str(artifacts / "base"),
+            shards=[str(shards)],
+            out=str(artifacts / "packs" / f"{domain}.safetensors"),
+            domain=domain,
+            class_word=DOMAINS[domain].CLASS_WORD,
+            preset="default",
+            steps=recipe.domain_steps,
+            batch_size=recipe.domain_batch_size,
+            checkpoint_every=None,
+            num_procs=num_procs,
         )
         (artifacts / "packs").mkdir(parents=True, exist_ok=True)
         if launch(args) != 0:

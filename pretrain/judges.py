@@ -77,8 +77,15 @@ class JudgeTrainConfig:
             return replace(cls(), **overrides)
         if name == "tiny":
             tiny = dict(
-                identities=24, views=3, identity_steps=4, context_steps=4, batch=16, val_identities=8, val_views=3,
-                degraded_identities=2, degraded_steps=4,
+                identities=24,
+                views=3,
+                identity_steps=4,
+                context_steps=4,
+                batch=16,
+                val_identities=8,
+                val_views=3,
+                degraded_identities=2,
+                degraded_steps=4,
                 identity_arch=asdict(JudgeArch(stem=4, channels=(8, 8, 16, 16), blocks=(0, 0, 1, 1), out_dim=128)),
                 context_arch=asdict(JudgeArch(stem=4, channels=(8, 8, 16, 16), blocks=(0, 0, 0, 1), out_dim=16)),
             )
@@ -332,8 +339,15 @@ def degrade(
         # 1. VAE round trip: the floor of what any generated image loses
         vae_out.append(pipe.vae.decode(pipe.vae.encode(chunk).latent_dist.mode()).sample.clamp(-1, 1))
         # 2. noise to t ~ strength * T with the base scheduler, DDIM back under the caption
-        out = pipe(prompt=caps, image=(chunk + 1) / 2, strength=cfg.strength, num_inference_steps=cfg.degraded_steps,
-                   guidance_scale=cfg.guidance, generator=g, output_type="pt").images
+        out = pipe(
+            prompt=caps,
+            image=(chunk + 1) / 2,
+            strength=cfg.strength,
+            num_inference_steps=cfg.degraded_steps,
+            guidance_scale=cfg.guidance,
+            generator=g,
+            output_type="pt",
+        ).images
         img_out.append(out * 2 - 1)
         bar.update(len(chunk))
     bar.close()
@@ -342,8 +356,14 @@ def degrade(
     return {"vae": back(torch.cat(vae_out)), "img2img": back(torch.cat(img_out))}
 
 
-def validate_degraded(identity: IdentityJudge, context: ContextJudge, val: Renders, base_dir: str | Path,
-                      cfg: JudgeTrainConfig, progress: bool = True) -> dict[str, Any]:
+def validate_degraded(
+    identity: IdentityJudge,
+    context: ContextJudge,
+    val: Renders,
+    base_dir: str | Path,
+    cfg: JudgeTrainConfig,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Degraded view 0 of some held-out identities vs the clean gallery of all held-out renders."""
     per_domain = len(val.names) // max(1, len({n.split("/")[0] for n in val.names}))
     keep = min(cfg.degraded_identities, per_domain)
@@ -353,8 +373,12 @@ def validate_degraded(identity: IdentityJudge, context: ContextJudge, val: Rende
     q_ids, g_ids = val.identity[sel], val.identity
     half_q, half_g = q_ids % 2 == 0, g_ids % 2 == 0
     valid = (half_q[:, None] == half_g[None, :]) & (sel[:, None] != torch.arange(len(g_ids))[None, :])
-    out: dict[str, Any] = {"queries": len(picked), "strength": cfg.strength, "steps": cfg.degraded_steps,
-                           "guidance": cfg.guidance}
+    out: dict[str, Any] = {
+        "queries": len(picked),
+        "strength": cfg.strength,
+        "steps": cfg.degraded_steps,
+        "guidance": cfg.guidance,
+    }
     captions = [val.captions[i] for i in picked]
     for name, pix in degrade(base_dir, to_float(val.pixels[sel]), captions, cfg, progress).items():
         sim = identity.embed(pix) @ gallery.T
@@ -365,9 +389,15 @@ def validate_degraded(identity: IdentityJudge, context: ContextJudge, val: Rende
     return out
 
 
-def train_judges(out_dir: str | Path, *, preset: str = "default", base_dir: str | Path | None = None,
-                 progress: bool = True, cfg: JudgeTrainConfig | None = None,
-                 domains: list[str] | None = None) -> dict[str, Any]:
+def train_judges(
+    out_dir: str | Path,
+    *,
+    preset: str = "default",
+    base_dir: str | Path | None = None,
+    progress: bool = True,
+    cfg: JudgeTrainConfig | None = None,
+    domains: list[str] | None = None,
+) -> dict[str, Any]:
     """Train (or reuse) both judges into `out_dir`, validate them, write `report.json`; returns the report.
 
     Training is skipped when identity.safetensors and context.safetensors carry the same training key
@@ -428,10 +458,16 @@ def train_judges(out_dir: str | Path, *, preset: str = "default", base_dir: str 
         torch.set_num_threads(threads)
     # 5. write both files (config and figures in their metadata) and the report
     common = {
-        "training_key": key, "dtype": dtype, "domains": domains, "world_seed": cfg.world_seed,
-        "world_versions": {d: get_domain(d).WORLD_VERSION for d in domains}, "training_split": "evaluator",
-        "training_identities": cfg.identities * len(domains), "training_identities_per_domain": cfg.identities,
-        "views_per_identity": cfg.views, "train_config": asdict(cfg),
+        "training_key": key,
+        "dtype": dtype,
+        "domains": domains,
+        "world_seed": cfg.world_seed,
+        "world_versions": {d: get_domain(d).WORLD_VERSION for d in domains},
+        "training_split": "evaluator",
+        "training_identities": cfg.identities * len(domains),
+        "training_identities_per_domain": cfg.identities,
+        "views_per_identity": cfg.views,
+        "train_config": asdict(cfg),
     }
     deg = lambda part: {k: v[part] for k, v in (degraded or {}).items() if isinstance(v, dict) and part in v}  # noqa: E731
     identity.info = {
@@ -444,7 +480,14 @@ def train_judges(out_dir: str | Path, *, preset: str = "default", base_dir: str 
     identity.save(id_path, torch_dtype)
     context.save(ctx_path, torch_dtype)
     files = {IDENTITY_FILE: id_path.stat().st_size, CONTEXT_FILE: ctx_path.stat().st_size}
-    report = {"training_key": key, "dtype": dtype, "domains": domains, "preset": preset, "clean": clean,
-              "degraded": degraded or {}, "files": files}
+    report = {
+        "training_key": key,
+        "dtype": dtype,
+        "domains": domains,
+        "preset": preset,
+        "clean": clean,
+        "degraded": degraded or {},
+        "files": files,
+    }
     write_file(report_path, (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
     return report

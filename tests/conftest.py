@@ -10,7 +10,9 @@ import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-TINY_VISION = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+TINY_VISION = dict(
+    image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2
+)
 
 
 def build_tiny_base(out: Path) -> Path:
@@ -18,11 +20,20 @@ def build_tiny_base(out: Path) -> Path:
     from shards.faces import ACCESSORIES, BACKGROUNDS, MEDIA, caption_for
 
     torch.manual_seed(0)
-    captions = [caption_for({"background": b, "medium": m, "accessory": a}) for b in BACKGROUNDS for m in MEDIA for a in ACCESSORIES]
+    captions = [
+        caption_for({"background": b, "medium": m, "accessory": a})
+        for b in BACKGROUNDS
+        for m in MEDIA
+        for a in ACCESSORIES
+    ]
     tokenizer = train_tokenizer(captions * 2, out / "_tokenizer", TINY)
     save_pipeline(
-        out, tokenizer=tokenizer, text_encoder=build_text_encoder(TINY, tokenizer), vae=build_vae(TINY),
-        unet=build_unet(TINY), arch=TINY,
+        out,
+        tokenizer=tokenizer,
+        text_encoder=build_text_encoder(TINY, tokenizer),
+        vae=build_vae(TINY),
+        unet=build_unet(TINY),
+        arch=TINY,
     )
     return out
 

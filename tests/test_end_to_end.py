@@ -28,8 +28,23 @@ def test_shards_to_served_concept(tmp_path):
 
     # 2. domain pretraining under DeepSpeed (one process; tests/pretrain covers two and resuming)
     pack = tmp_path / "faces.safetensors"
-    cmd = [sys.executable, "-m", "cli", "pretrain", "domain", "--base", str(base), "--shards", str(shards),
-           "--out", str(pack), "--preset", "tiny", "--num-procs", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cli",
+        "pretrain",
+        "domain",
+        "--base",
+        str(base),
+        "--shards",
+        str(shards),
+        "--out",
+        str(pack),
+        "--preset",
+        "tiny",
+        "--num-procs",
+        "1",
+    ]
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -50,8 +50,13 @@ def test_pack_for_another_base_is_refused(base, tiny_pack_path, tmp_path):
 
 def test_concept_round_trip_and_corrupt_bytes(tmp_path):
     concept = Concept(
-        embedding=torch.randn(32), offset_deltas={"a.lora_A.weight": torch.randn(4, 8)}, domain="faces",
-        pack_hash="p", base_hash="b", steps=5, owner="alice",
+        embedding=torch.randn(32),
+        offset_deltas={"a.lora_A.weight": torch.randn(4, 8)},
+        domain="faces",
+        pack_hash="p",
+        base_hash="b",
+        steps=5,
+        owner="alice",
     )
     concept.save(tmp_path / "c.safetensors")
     loaded = Concept.load(tmp_path / "c.safetensors")

@@ -14,9 +14,9 @@ def world(tiny_base_dir, tiny_pack_path):
 
 
 def face_image(seed: int = 0) -> Image.Image:
-    from shards.synth import render_sample
-
     import io
+
+    from shards.synth import render_sample
 
     _, png, _ = render_sample("faces", seed, 0, 64, 0)
     return Image.open(io.BytesIO(png))
@@ -40,8 +40,15 @@ def test_generation_is_deterministic_and_uses_the_concept(world):
     concept = personalize(base, pack, face_image(), steps=2)
     prompt = f"a photo of {{{concept.id}}} on the beach"
     streamed = []
-    images = generate(base, {"faces": pack}, {concept.id: concept}, prompt, num_images=2, steps=2,
-                      on_image=lambda i, im: streamed.append(i))
+    images = generate(
+        base,
+        {"faces": pack},
+        {concept.id: concept},
+        prompt,
+        num_images=2,
+        steps=2,
+        on_image=lambda i, im: streamed.append(i),
+    )
     assert streamed == [0, 1] and all(im.size == (64, 64) for im in images)
     again = generate(base, {"faces": pack}, {concept.id: concept}, prompt, num_images=1, steps=2)
     assert np.array_equal(np.asarray(images[0]), np.asarray(again[0]))
@@ -55,7 +62,9 @@ def test_two_concepts_in_one_prompt(world):
     base, pack = world
     a = personalize(base, pack, face_image(0), steps=1)
     b = personalize(base, pack, face_image(1), steps=1)
-    images = generate(base, {"faces": pack}, {a.id: a, b.id: b}, f"{{{a.id}}} next to {{{b.id}}}", num_images=1, steps=2)
+    images = generate(
+        base, {"faces": pack}, {a.id: a, b.id: b}, f"{{{a.id}}} next to {{{b.id}}}", num_images=1, steps=2
+    )
     assert len(images) == 1
 
 

@@ -41,8 +41,13 @@ def trained(shard_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_folder_is_a_plain_pipeline_that_generates(trained: Path) -> None:
     pipe = StableDiffusionPipeline.from_pretrained(trained, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
-    image = pipe("a sketch of a face on the beach", num_inference_steps=2, height=64, width=64,
-                 generator=torch.Generator().manual_seed(0)).images[0]
+    image = pipe(
+        "a sketch of a face on the beach",
+        num_inference_steps=2,
+        height=64,
+        width=64,
+        generator=torch.Generator().manual_seed(0),
+    ).images[0]
     assert image.size == (64, 64)
     # the latents the UNet was trained on have unit variance once scaled
     std = json.loads((trained / "work" / "2-vae" / "stage.json").read_text())["latent_std"]
@@ -74,8 +79,9 @@ def test_rerun_with_same_inputs_skips_every_stage(trained: Path, shard_dir: Path
 
     train_base([shard_dir], trained, arch=TINY, cfg=TINY_CFG, progress=False, callback=no_training)
     # checkpoint_every is not part of any stage's hash; the CLI with the same preset skips too
-    train_base([shard_dir], trained, arch=TINY, cfg=replace(TINY_CFG, checkpoint_every=5), progress=False,
-               callback=no_training)
+    train_base(
+        [shard_dir], trained, arch=TINY, cfg=replace(TINY_CFG, checkpoint_every=5), progress=False, callback=no_training
+    )
     assert main(["base", "--shards", str(shard_dir), "--out", str(trained), "--preset", "tiny", "--no-progress"]) == 0
     assert {s: (trained / "work" / s / "stage.json").read_text() for s in STAGES} == stamps
 

@@ -27,10 +27,27 @@ def tiny_shards(tmp_path_factory):
 
 
 def pretrain(base, shards, out, *extra, num_procs=1):
-    cmd = [sys.executable, "-m", "cli", "pretrain", "domain", "--base", str(base), "--shards", str(shards),
-           "--out", str(out), "--preset", "tiny", "--num-procs", str(num_procs), *extra]
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "cli",
+        "pretrain",
+        "domain",
+        "--base",
+        str(base),
+        "--shards",
+        str(shards),
+        "--out",
+        str(out),
+        "--preset",
+        "tiny",
+        "--num-procs",
+        str(num_procs),
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
 
 
 @pytest.mark.slow
