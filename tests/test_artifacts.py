@@ -1,0 +1,51 @@
+"""The committed embedded artifacts load, and what they recorded matches the code that reads them."""
+
+import json
+
+import pytest
+
+from e4t.embedded import artifacts_root, default_paths
+
+ROOT = artifacts_root()
+
+
+@pytest.fixture(scope="module")
+def base():
+    from e4t import load_base
+
+    base_dir, _ = default_paths()
+    return load_base(base_dir)
+
+
+def test_base_matches_the_architecture_in_code(base):
+    from pretrain.arch import DEFAULT, BaseArch
+
+    recorded = json.loads((ROOT / "base" / "embedded.json").read_text())
+    assert BaseArch.from_json(recorded["arch"]) == DEFAULT
+    assert base.resolution == DEFAULT.image_size
+    assert tuple(base.unet.config.block_out_channels) == DEFAULT.unet_channels
+    assert base.tokenizer.model_max_length == DEFAULT.max_tokens
+
+
+def test_every_synthetic_domain_has_a_pack_for_this_base(base):
+    from e4t import load_pack
+    from shards.synth import DOMAINS
+
+    _, pack_paths = default_paths()
+    packs = {p.domain: p for p in (load_pack(path, base) for path in pack_paths)}  # strict weight loading
+    assert set(packs) == set(DOMAINS)
+    for domain, pack in packs.items():
+        assert pack.class_word == DOMAINS[domain].CLASS_WORD
+        assert pack.base_hash == base.hash
+        assert pack.step == pack.training["config"]["steps"]
+
+
+def test_judges_were_trained_on_the_current_world():
+    from e4t.judges import load_judges
+    from shards.synth import DOMAINS
+
+    judges = load_judges(ROOT / "judges")
+    for judge in (judges.identity, judges.context):
+        assert judge.config["world_versions"] == {d: m.WORLD_VERSION for d, m in DOMAINS.items()}
+        assert judge.config["training_split"] == "evaluator"
+    assert judges.identity.config["validation"]["heldout_clean"]["accuracy"] >= 0.9
