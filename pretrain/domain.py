@@ -97,7 +97,14 @@ def _inputs_fingerprint(base_hash: str, shard_dirs: list[Path], cfg: DomainTrain
 
 
 def train_domain(
-    base_dir: Path, shard_dirs: list[Path], out: Path, cfg: DomainTrainConfig, *, domain: str, class_word: str
+    base_dir: Path,
+    shard_dirs: list[Path],
+    out: Path,
+    cfg: DomainTrainConfig,
+    *,
+    domain: str,
+    class_word: str,
+    work: Path | None = None,
 ) -> Path:
     """The per-rank training job. Run under a launcher (see the module docstring)."""
     import deepspeed
@@ -136,7 +143,7 @@ def train_domain(
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=param_groups, config=ds_config)
 
     # 4. resume from the latest checkpoint of this output, if any
-    work = out.with_suffix(".work")
+    work = work or out.with_suffix(".work")
     step = 0
     if (work / "latest").is_file():
         _, client = engine.load_checkpoint(str(work), load_optimizer_states=True, load_lr_scheduler_states=True)
@@ -250,6 +257,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="override the preset's number of steps")
     p.add_argument("--batch-size", type=int, help="per-process batch size")
     p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--work", help="checkpoint folder (default: OUT with the suffix .work)")
 
 
 def config_from_args(args: argparse.Namespace) -> DomainTrainConfig:
@@ -275,8 +283,8 @@ def worker_argv(args: argparse.Namespace) -> list[str]:
         "--preset",
         args.preset,
     ]
-    for name in ("steps", "batch_size", "checkpoint_every"):
-        if getattr(args, name) is not None:
+    for name in ("steps", "batch_size", "checkpoint_every", "work"):
+        if getattr(args, name, None) is not None:
             argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     return argv
 
@@ -295,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         config_from_args(args),
         domain=args.domain,
         class_word=args.class_word,
+        work=Path(args.work) if args.work else None,
     )
     return 0
 

@@ -117,6 +117,7 @@ def build_embedded(
             batch_size=recipe.domain_batch_size,
             checkpoint_every=None,
             num_procs=num_procs,
+            work=str(work / "packs" / f"{domain}.work"),
         )
         (artifacts / "packs").mkdir(parents=True, exist_ok=True)
         if launch(args) != 0:

@@ -72,7 +72,9 @@ class _Pen:
         self.d.ellipse([x0, y0, x1, y1], fill=fill, outline=outline, width=self.w(width) if outline else 0)
 
     def poly(self, pts: list[tuple[float, float]], fill, outline=None, width: float = 0.0) -> None:
-        self.d.polygon([self.xy(u, v) for u, v in pts], fill=fill, outline=outline, width=self.w(width) if outline else 0)
+        self.d.polygon(
+            [self.xy(u, v) for u, v in pts], fill=fill, outline=outline, width=self.w(width) if outline else 0
+        )
 
     def line(self, pts: list[tuple[float, float]], fill, width: float) -> None:
         self.d.line([self.xy(u, v) for u, v in pts], fill=fill, width=self.w(width), joint="curve")
@@ -102,7 +104,9 @@ def _draw_ears(pen: _Pen, shape: str, fur: Color) -> None:
             pen.oval(side * 0.66, -0.86, 0.36, 0.5, fill=fur, outline=_OUTLINE, width=0.008)
             pen.oval(side * 0.66, -0.82, 0.22, 0.34, fill=inner)
         else:  # folded: short ears whose tips bend forward and down (Scottish fold)
-            pen.poly([(side * 0.3, -0.78), (side * 0.9, -0.5), (side * 0.72, -1.12)], fill=fur, outline=_OUTLINE, width=0.008)
+            pen.poly(
+                [(side * 0.3, -0.78), (side * 0.9, -0.5), (side * 0.72, -1.12)], fill=fur, outline=_OUTLINE, width=0.008
+            )
             pen.poly(
                 [(side * 0.42, -0.95), (side * 0.82, -0.8), (side * 0.55, -0.62)],
                 fill=_darker(fur, 0.8),
@@ -162,7 +166,9 @@ def _draw_face_features(pen: _Pen, a: dict, fur: Color) -> None:
     muzzle = tuple(min(255, int(c * 0.55 + 255 * 0.45)) for c in fur)
     for side in (-1, 1):
         pen.oval(side * 0.17, 0.46, 0.2, 0.2 * pen.hw / pen.hh, fill=muzzle)
-    pen.poly([(-0.13, 0.24), (0.13, 0.24), (0.0, 0.4)], fill=NOSE_COLORS[a["nose_color"]], outline=_OUTLINE, width=0.006)
+    pen.poly(
+        [(-0.13, 0.24), (0.13, 0.24), (0.0, 0.4)], fill=NOSE_COLORS[a["nose_color"]], outline=_OUTLINE, width=0.006
+    )
     pen.line([(0.0, 0.4), (0.0, 0.5)], fill=_OUTLINE, width=0.008)
     for side in (-1, 1):
         pen.line([(0.0, 0.5), (side * 0.1, 0.58), (side * 0.2, 0.52)], fill=_OUTLINE, width=0.008)
@@ -193,11 +199,17 @@ def _draw_accessory(pen: _Pen, acc: str, a: dict) -> None:
         # small gold rings hanging from the outer edge of each ear
         ear_u, ear_v = {"pointy": (0.9, -0.6), "round": (0.95, -0.7), "folded": (0.85, -0.6)}[a["ear_shape"]]
         for side in (-1, 1):
-            pen.oval(side * ear_u, ear_v + 0.12, 0.13, 0.13 * pen.hw / pen.hh, fill=None, outline=(250, 200, 20), width=0.014)
-            pen.oval(side * ear_u, ear_v + 0.12, 0.155, 0.155 * pen.hw / pen.hh, fill=None, outline=(120, 80, 0), width=0.004)
+            pen.oval(
+                side * ear_u, ear_v + 0.12, 0.13, 0.13 * pen.hw / pen.hh, fill=None, outline=(250, 200, 20), width=0.014
+            )
+            pen.oval(
+                side * ear_u, ear_v + 0.12, 0.155, 0.155 * pen.hw / pen.hh, fill=None, outline=(120, 80, 0), width=0.004
+            )
     elif acc == "hat":
         # top hat sits between the ears, so ear shape stays visible
-        pen.d.rectangle([*pen.xy(-0.5, -1.95), *pen.xy(0.5, -0.9)], fill=(150, 20, 35), outline=_OUTLINE, width=pen.w(0.008))
+        pen.d.rectangle(
+            [*pen.xy(-0.5, -1.95), *pen.xy(0.5, -0.9)], fill=(150, 20, 35), outline=_OUTLINE, width=pen.w(0.008)
+        )
         pen.d.rectangle([*pen.xy(-0.5, -1.12), *pen.xy(0.5, -0.98)], fill=(20, 20, 20))  # hat band
         pen.d.rounded_rectangle(
             [*pen.xy(-0.82, -0.98), *pen.xy(0.82, -0.82)],

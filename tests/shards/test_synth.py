@@ -66,7 +66,7 @@ def test_split_filter_and_bad_args(tmp_path):
     m = synthesize("faces", 40, 1, 16, 0, tmp_path, splits=["heldout", "demo"], progress=False)
     assert {k for k, v in m["splits"].items() if v} <= {"heldout", "demo"}
     with pytest.raises(ValueError, match="one of"):
-        synthesize("cats", 2, 1, 16, 0, tmp_path / "x", progress=False)
+        synthesize("dogs", 2, 1, 16, 0, tmp_path / "x", progress=False)
     with pytest.raises(ValueError, match="subset"):
         synthesize("faces", 2, 1, 16, 0, tmp_path / "x", splits=["train"], progress=False)
     with pytest.raises(ValueError, match="views"):
