@@ -55,7 +55,7 @@ def read_file(path: str | Path, fmt: str) -> tuple[dict[str, torch.Tensor], dict
 
 
 def write_file(path: str | Path, data: bytes) -> None:
-    """Atomic write: a reader sees the old file or the whole new one, never a part."""
+    """Atomic, durable write: a reader or a crash sees the old file or the whole new one, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -69,6 +69,16 @@ def write_file(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink in `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _check_metadata(metadata: dict, fmt: str, what: str) -> dict:

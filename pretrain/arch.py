@@ -186,6 +186,22 @@ def build_scheduler() -> DDIMScheduler:
     )
 
 
+def build_pipeline(
+    *, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, vae: AutoencoderKL, unet: UNet2DConditionModel
+) -> StableDiffusionPipeline:
+    """The components as a plain `StableDiffusionPipeline` (no safety checker: a synthetic world)."""
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=build_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
 def save_pipeline(
     out_dir: str | Path,
     *,
@@ -198,16 +214,7 @@ def save_pipeline(
     extra: dict | None = None,
 ) -> Path:
     """Save as a plain `StableDiffusionPipeline` folder, plus `embedded.json` saying how it was made."""
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=build_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = build_pipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, unet=unet)
     if dtype != torch.float32:
         pipe.to(dtype=dtype)
     out = Path(out_dir)

@@ -34,10 +34,20 @@ from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from pretrain import checkpoint as ck
-from pretrain.arch import DEFAULT, BaseArch, build_scheduler, build_text_encoder, build_unet, build_vae, save_pipeline
+from pretrain.arch import (
+    DEFAULT,
+    BaseArch,
+    build_pipeline,
+    build_scheduler,
+    build_text_encoder,
+    build_unet,
+    build_vae,
+    save_pipeline,
+)
 from pretrain.arch import train_tokenizer as _train_bpe
 from shards.reader import make_pipeline, shard_urls
 from shards.synth import DOMAINS
+from shards.writer import sha256_file
 
 StepCallback = Callable[[str, int], None]
 
@@ -129,7 +139,7 @@ def train_base(
     for d in dirs:
         if not (d / "manifest.json").is_file():
             raise FileNotFoundError(f"Shard directory {d} should contain manifest.json but does not.")
-    inputs = {str(d): ck.file_sha256(d / "manifest.json") for d in dirs}  # paths for the record; hashes key the stages
+    inputs = {str(d): sha256_file(d / "manifest.json") for d in dirs}  # paths for the record; hashes key the stages
     manifests = [json.loads((d / "manifest.json").read_text()) for d in dirs]
     urls = [u for d in dirs for u in shard_urls(d)]
     threads = torch.get_num_threads()
@@ -440,16 +450,7 @@ def _preview(
         ema.store(params)
         ema.copy_to(params)
     unet.eval(), text_encoder.eval()
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=build_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = build_pipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, unet=unet)
     prompts = json.loads((cache_dir / "prompts.json").read_text())
     sample_grid(
         pipe,

@@ -71,14 +71,6 @@ def config_hash(obj: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_stamp(stage_dir: str | Path) -> dict[str, Any] | None:
     path = Path(stage_dir) / "stage.json"
     if not path.is_file():

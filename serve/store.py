@@ -13,14 +13,13 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from e4t.concept import Concept
 from e4t.errors import InvalidInput, NotFound
+from e4t.safetensors_io import fsync_dir, write_file
 from serve.limits import DEFAULT_PAGE_SIZE, check_concept_id
 
 logger = logging.getLogger(__name__)
@@ -55,29 +54,6 @@ class ConceptRecord:
             owner=concept.owner or "",
             size_bytes=size_bytes,
         )
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Writes `data` to `path` so that a reader or a crash sees the old file or the new one, never a mix."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _encode_token(created: float, concept_id: str) -> str:
@@ -133,7 +109,7 @@ class ConceptStore:
         path = self._path(concept.id)
         data = concept.to_bytes()
         with self._lock:
-            atomic_write(path, data)
+            write_file(path, data)
             record = ConceptRecord.of(concept, len(data))
             self._index[concept.id] = record
         return record
@@ -196,6 +172,6 @@ class ConceptStore:
         path = self._path(concept_id)
         with self._lock:
             path.unlink(missing_ok=True)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
             self._index.pop(concept_id, None)
         return record

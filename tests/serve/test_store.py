@@ -7,7 +7,8 @@ import torch
 
 from e4t.concept import Concept
 from e4t.errors import InvalidInput, NotFound
-from serve.store import ConceptStore, atomic_write
+from e4t.safetensors_io import write_file as atomic_write
+from serve.store import ConceptStore
 
 
 def make_concept(domain: str = "faces", created: float | None = None) -> Concept:
