@@ -8,7 +8,6 @@ real Stable Diffusion weights serves the embedded base unchanged.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from diffusers import (
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -78,7 +77,7 @@ def train_tokenizer(captions: Iterable[str], out_dir: str | Path, arch: BaseArch
     byte_symbols = list(bytes_to_unicode().values())
     bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>", unk_token=None))
     bpe.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
-    bpe.pre_tokenizer = pre_tokenizers.Split(pattern=_regex(_CLIP_WORDS), behavior="removed", invert=True)
+    bpe.pre_tokenizer = pre_tokenizers.Split(pattern=Regex(_CLIP_WORDS), behavior="removed", invert=True)
     trainer = trainers.BpeTrainer(
         vocab_size=2 * len(byte_symbols) + arch.vocab_merges,
         min_frequency=2,
@@ -106,12 +105,6 @@ def train_tokenizer(captions: Iterable[str], out_dir: str | Path, arch: BaseArch
     )
     tokenizer.save_pretrained(out)
     return tokenizer
-
-
-def _regex(pattern: str):
-    from tokenizers import Regex
-
-    return Regex(pattern)
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -221,7 +214,3 @@ def save_pipeline(
     pipe.save_pretrained(out, safe_serialization=True)
     (out / "embedded.json").write_text(json.dumps({"arch": arch.to_json(), **(extra or {})}, indent=2))
     return out
-
-
-def caption_words(captions: Iterable[str]) -> set[str]:
-    return {w for c in captions for w in re.findall(r"[a-z]+", c.lower())}
