@@ -22,7 +22,6 @@ from shards.scenes import (
     apply_lighting,
     apply_medium,
     background,
-    background_phrase,
 )
 
 WORLD_VERSION = 1
@@ -42,7 +41,6 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
 }
 # the context vocabulary is the faces world's, so captions read the same across domains
 ACCESSORIES: tuple[str, ...] = faces.ACCESSORIES
-_ACC_PHRASES = {label: phrase for kind, label, phrase in faces.context_phrases() if kind == "accessory"}
 sample_context = faces.sample_context
 sample_nuisance = faces.sample_nuisance
 __all__ = [
@@ -66,12 +64,7 @@ __all__ = [
 
 def caption_for(context: dict) -> str:
     """Caption of a view: f"a {medium} of a cat{bg}{acc}", e.g. "a sketch of a cat at night wearing a hat"."""
-    medium, acc = context["medium"], context["accessory"]
-    if medium not in MEDIA:
-        raise ValueError(f"`medium` must be one of {MEDIA} but is {medium!r}.")
-    if acc not in _ACC_PHRASES:
-        raise ValueError(f"`accessory` must be one of {ACCESSORIES} but is {acc!r}.")
-    return f"a {medium} of a {CLASS_WORD}{background_phrase(context['background'])}{_ACC_PHRASES[acc]}"
+    return faces.caption_with(CLASS_WORD, context)
 
 
 def context_phrases() -> list[tuple[str, str, str]]:

@@ -53,12 +53,17 @@ _ACC_PHRASES = {
 
 def caption_for(context: dict) -> str:
     """Caption of a view: f"a {medium} of a face{bg}{acc}", e.g. "a sketch of a face at night"."""
+    return caption_with(CLASS_WORD, context)
+
+
+def caption_with(class_word: str, context: dict) -> str:
+    """The caption grammar every synthetic domain shares: f"a {medium} of a {class_word}{bg}{acc}"."""
     medium, acc = context["medium"], context["accessory"]
     if medium not in MEDIA:
         raise ValueError(f"`medium` must be one of {MEDIA} but is {medium!r}.")
     if acc not in _ACC_PHRASES:
         raise ValueError(f"`accessory` must be one of {ACCESSORIES} but is {acc!r}.")
-    return f"a {medium} of a {CLASS_WORD}{background_phrase(context['background'])}{_ACC_PHRASES[acc]}"
+    return f"a {medium} of a {class_word}{background_phrase(context['background'])}{_ACC_PHRASES[acc]}"
 
 
 def context_phrases() -> list[tuple[str, str, str]]:
