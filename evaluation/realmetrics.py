@@ -51,6 +51,11 @@ def _rgb(images: Sequence[Image.Image]) -> list[Image.Image]:
     return [im.convert("RGB") for im in images]
 
 
+def _in_batches(items: list, batch: int, embed) -> torch.Tensor:
+    """`embed` applied to consecutive slices of `items`, concatenated."""
+    return torch.cat([embed(items[i : i + batch]) for i in range(0, len(items), batch)])
+
+
 class ClipScorer:
     """CLIP image and text embeddings from a CLIPModel + CLIPProcessor folder."""
 
@@ -65,29 +70,26 @@ class ClipScorer:
 
     @torch.no_grad()
     def embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        images = _rgb(images)
-        out = []
-        for i in range(0, len(images), self.batch):
-            pixels = self.processor(images=images[i : i + self.batch], return_tensors="pt")["pixel_values"]
-            out.append(_features(self.model.get_image_features(pixel_values=pixels)))
-        return torch.cat(out)
+        def embed(chunk: list[Image.Image]) -> torch.Tensor:
+            pixels = self.processor(images=chunk, return_tensors="pt")["pixel_values"]
+            return _features(self.model.get_image_features(pixel_values=pixels))
+
+        return _in_batches(_rgb(images), self.batch, embed)
 
     @torch.no_grad()
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
         texts = list(texts)
         if not texts:
             raise ValueError("expected at least one text but got none")
-        out = []
-        for i in range(0, len(texts), self.batch):
-            tokens = self.processor(text=texts[i : i + self.batch], return_tensors="pt", padding=True, truncation=True)
-            out.append(
-                _features(
-                    self.model.get_text_features(
-                        input_ids=tokens["input_ids"], attention_mask=tokens.get("attention_mask")
-                    )
-                )
+
+        def embed(chunk: list[str]) -> torch.Tensor:
+            tokens = self.processor(text=chunk, return_tensors="pt", padding=True, truncation=True)
+            features = self.model.get_text_features(
+                input_ids=tokens["input_ids"], attention_mask=tokens.get("attention_mask")
             )
-        return torch.cat(out)
+            return _features(features)
+
+        return _in_batches(texts, self.batch, embed)
 
 
 class DinoScorer:
@@ -104,10 +106,9 @@ class DinoScorer:
 
     @torch.no_grad()
     def embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        images = _rgb(images)
-        out = []
-        for i in range(0, len(images), self.batch):
-            pixels = self.processor(images=images[i : i + self.batch], return_tensors="pt")["pixel_values"]
+        def embed(chunk: list[Image.Image]) -> torch.Tensor:
+            pixels = self.processor(images=chunk, return_tensors="pt")["pixel_values"]
             # the CLS token of the last layer, as in DreamBooth's DINO metric (not the pooler, which DINO lacks)
-            out.append(self.model(pixel_values=pixels).last_hidden_state[:, 0])
-        return torch.cat(out)
+            return self.model(pixel_values=pixels).last_hidden_state[:, 0]
+
+        return _in_batches(_rgb(images), self.batch, embed)
