@@ -136,8 +136,34 @@ def _state_from_file(net: nn.Module, tensors: dict[str, torch.Tensor], what: str
         raise InvalidInput(f"{what} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
-class IdentityJudge(nn.Module):
+class _JudgeFile:
+    """One safetensors file per judge, its config in the metadata; subclasses name their format."""
+
+    FORMAT: str
+    WHAT: str
+
+    def _stored_module(self) -> nn.Module:
+        return self  # type: ignore[return-value]
+
+    def to_bytes(self, dtype: torch.dtype = torch.float16) -> bytes:
+        return to_bytes(_state_to_file(self._stored_module(), dtype), self.FORMAT, self.config)
+
+    def save(self, path: str | Path, dtype: torch.dtype = torch.float16) -> None:
+        write_file(path, self.to_bytes(dtype))
+
+    @classmethod
+    def load(cls, path: str | Path):
+        return cls._build(*read_file(path, cls.FORMAT), repr(str(path)))
+
+    @classmethod
+    def from_bytes(cls, data: bytes):
+        return cls._build(*from_bytes(data, cls.FORMAT, cls.WHAT), cls.WHAT)
+
+
+class IdentityJudge(_JudgeFile, nn.Module):
     """Identity embedder: images -> 128-d L2-normalized embeddings; same identity -> high cosine."""
+
+    FORMAT, WHAT = IDENTITY_FORMAT, "identity judge"
 
     def __init__(self, arch: JudgeArch, info: dict | None = None):
         super().__init__()
@@ -162,19 +188,8 @@ class IdentityJudge(nn.Module):
     def config(self) -> dict:
         return {**self.info, "arch": self.arch.to_json()}
 
-    def to_bytes(self, dtype: torch.dtype = torch.float16) -> bytes:
-        return to_bytes(_state_to_file(self.net, dtype), IDENTITY_FORMAT, self.config)
-
-    def save(self, path: str | Path, dtype: torch.dtype = torch.float16) -> None:
-        write_file(path, self.to_bytes(dtype))
-
-    @classmethod
-    def load(cls, path: str | Path) -> IdentityJudge:
-        return cls._build(*read_file(path, IDENTITY_FORMAT), repr(str(path)))
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> IdentityJudge:
-        return cls._build(*from_bytes(data, IDENTITY_FORMAT, "identity judge"), "identity judge")
+    def _stored_module(self) -> nn.Module:
+        return self.net  # the file holds the backbone, as it always has
 
     @classmethod
     def _build(cls, tensors: dict[str, torch.Tensor], config: dict, what: str) -> IdentityJudge:
@@ -198,8 +213,10 @@ class ContextVocab:
         return cls({k: tuple(v) for k, v in d["labels"].items()}, dict(d.get("phrases", {})))
 
 
-class ContextJudge(nn.Module):
+class ContextJudge(_JudgeFile, nn.Module):
     """Context classifier: one backbone, one linear head per label kind (background, medium, accessory)."""
+
+    FORMAT, WHAT = CONTEXT_FORMAT, "context judge"
 
     def __init__(self, arch: JudgeArch, vocab: ContextVocab, info: dict | None = None):
         super().__init__()
@@ -269,20 +286,6 @@ class ContextJudge(nn.Module):
     @property
     def config(self) -> dict:
         return {**self.info, "arch": self.arch.to_json(), "vocab": self.vocab.to_json()}
-
-    def to_bytes(self, dtype: torch.dtype = torch.float16) -> bytes:
-        return to_bytes(_state_to_file(self, dtype), CONTEXT_FORMAT, self.config)
-
-    def save(self, path: str | Path, dtype: torch.dtype = torch.float16) -> None:
-        write_file(path, self.to_bytes(dtype))
-
-    @classmethod
-    def load(cls, path: str | Path) -> ContextJudge:
-        return cls._build(*read_file(path, CONTEXT_FORMAT), repr(str(path)))
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> ContextJudge:
-        return cls._build(*from_bytes(data, CONTEXT_FORMAT, "context judge"), "context judge")
 
     @classmethod
     def _build(cls, tensors: dict[str, torch.Tensor], config: dict, what: str) -> ContextJudge:
