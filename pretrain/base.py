@@ -12,7 +12,6 @@ rerun with unchanged inputs skips it.
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
@@ -183,15 +182,16 @@ def _train_stages(
     tok_dir = run_stage("1-tokenizer", tok_key, lambda d: _stage_tokenizer(d, data, manifests, arch))
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
 
-    # 2. VAE, then its scaling factor so that scaled latents have unit variance
+    # 2. VAE
     vae_arch = [arch.image_size, arch.latent_channels, list(arch.vae_channels)]
     vae_key = ck.config_hash({"stage": 2, "inputs": shas, "arch": vae_arch, "cfg": cfg.subset("vae_", *_TRAIN_KEYS)})
     vae_dir = run_stage("2-vae", vae_key, lambda d: _stage_vae(d, vae_key, data, arch, cfg, progress, callback))
     vae = AutoencoderKL.from_pretrained(vae_dir / "model")
 
-    # 3. latent cache: the whole base split encoded once; the UNet stage reads only this
-    cache_key = ck.config_hash({"stage": 3, "vae": vae_key})
+    # 3. latent cache and whitened VAE: the whole base split encoded once; the UNet stage reads only this
+    cache_key = ck.config_hash({"stage": 3, "vae": vae_key, "whiten": "per-channel"})
     cache_dir = run_stage("3-latents", cache_key, lambda d: _stage_latents(d, data, vae, progress))
+    vae = AutoencoderKL.from_pretrained(cache_dir / "vae")
 
     # 4. UNet and text encoder, jointly, from scratch
     unet_key = ck.config_hash(
@@ -332,19 +332,13 @@ def _stage_vae(
         progress=progress,
         callback=callback,
     )
-    # SD's trick: scale latents to unit variance so the noise schedule fits them.
-    vae.eval()
-    with torch.no_grad():
-        batches = itertools.islice(data.forever(64, cfg.seed + 7), 16)
-        lat = [vae.encode(b["pixels"]).latent_dist.sample() for b in batches]
-    std = torch.cat(lat).std().item()
-    vae.register_to_config(scaling_factor=1.0 / std)
     vae.save_pretrained(stage_dir / "model", safe_serialization=True)
     (stage_dir / "ckpt.pt").unlink(missing_ok=True)
-    return {"latent_std": std, **logs}
+    return logs
 
 
 def _stage_latents(stage_dir: Path, data: _Data, vae: AutoencoderKL, progress: bool) -> dict[str, Any]:
+    """Encode the base split once, then whiten the VAE with the exact statistics of what it encoded."""
     means, stds, captions, metas = [], [], [], []
     vae.eval()
     with torch.no_grad():
@@ -354,11 +348,40 @@ def _stage_latents(stage_dir: Path, data: _Data, vae: AutoencoderKL, progress: b
             stds.append(dist.std)
             captions += batch["caption"]
             metas += batch["meta"]
-    tensors = {"mean": torch.cat(means).contiguous(), "std": torch.cat(stds).contiguous()}
-    save_file(tensors, stage_dir / "latents.safetensors", metadata={"scaling_factor": str(vae.config.scaling_factor)})
+    mean, std = torch.cat(means), torch.cat(stds)
+    # Per channel, over samples and positions, of z = mean + std * eps.
+    shift = mean.mean((0, 2, 3))
+    scale = (mean.var((0, 2, 3)) + std.pow(2).mean((0, 2, 3))).sqrt()
+    whiten_vae(vae, shift, scale)
+    vae.save_pretrained(stage_dir / "vae", safe_serialization=True)
+    shift_, scale_ = shift.view(1, -1, 1, 1), scale.view(1, -1, 1, 1)
+    tensors = {"mean": ((mean - shift_) / scale_).contiguous(), "std": (std / scale_).contiguous()}
+    save_file(tensors, stage_dir / "latents.safetensors")
     (stage_dir / "captions.json").write_text(json.dumps(captions))
     (stage_dir / "prompts.json").write_text(json.dumps(sample_prompts(captions, metas), indent=1))
-    return {"samples": len(captions)}
+    return {"samples": len(captions), "latent_shift": shift.tolist(), "latent_scale": scale.tolist()}
+
+
+def whiten_vae(vae: AutoencoderKL, shift: torch.Tensor, scale: torch.Tensor) -> AutoencoderKL:
+    """Fold a per-channel affine map into the VAE's 1x1 quant convs: latents z become (z - shift) / scale.
+
+    decode(encode(x)) is unchanged and the folder stays a plain `AutoencoderKL`, now with
+    `scaling_factor` 1. A single global factor (SD's trick) would leave per-channel means of
+    several units in place, which the UNet must then produce from near-pure noise: a colour
+    cast in every sample.
+    """
+    c = vae.config.latent_channels
+    if vae.quant_conv is None or vae.post_quant_conv is None:
+        raise ValueError("whiten_vae needs a VAE with quant_conv and post_quant_conv (use_quant_conv=True).")
+    q, p = vae.quant_conv, vae.post_quant_conv
+    with torch.no_grad():
+        q.weight[:c] /= scale.view(-1, 1, 1, 1)
+        q.bias[:c] = (q.bias[:c] - shift) / scale
+        q.bias[c:] -= 2 * scale.log()  # the log-variance rows
+        p.bias += p.weight.sum((2, 3)) @ shift  # decode(scale * z' + shift), with the old weights
+        p.weight *= scale.view(1, -1, 1, 1)
+    vae.register_to_config(scaling_factor=1.0)
+    return vae
 
 
 def _stage_unet(

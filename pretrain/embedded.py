@@ -25,7 +25,7 @@ class EmbeddedRecipe:
     views: int = 4
     size: int = 64
     seed: int = 0
-    base_unet_steps: int = 3000
+    base_unet_steps: int = 5000
     domain_steps: int = 1200
     domain_batch_size: int = 8
 
@@ -98,7 +98,7 @@ def build_embedded(
         list(shard_dirs.values()),
         work / "base",
         arch=DEFAULT,
-        cfg=BaseTrainConfig.preset("default", unet_steps=recipe.base_unet_steps),
+        cfg=BaseTrainConfig.preset("default", unet_steps=recipe.base_unet_steps, sample_every=1000),
     )
     _export_base(trained, artifacts / "base")
     timings["base_s"] = round(time.time() - t, 1)

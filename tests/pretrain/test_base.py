@@ -11,8 +11,8 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from pretrain.arch import TINY
-from pretrain.base import BaseTrainConfig, train_base
+from pretrain.arch import TINY, build_vae
+from pretrain.base import BaseTrainConfig, train_base, whiten_vae
 from pretrain.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from pretrain.cli import main
 from shards.synth import synthesize
@@ -49,9 +49,8 @@ def test_folder_is_a_plain_pipeline_that_generates(trained: Path) -> None:
         generator=torch.Generator().manual_seed(0),
     ).images[0]
     assert image.size == (64, 64)
-    # the latents the UNet was trained on have unit variance once scaled
-    std = json.loads((trained / "work" / "2-vae" / "stage.json").read_text())["latent_std"]
-    assert pipe.vae.config.scaling_factor == pytest.approx(1.0 / std)
+    # the per-channel whitening lives in the VAE's weights, not in a scaling factor
+    assert pipe.vae.config.scaling_factor == 1.0
     info = json.loads((trained / "embedded.json").read_text())
     assert info["steps"] == {"vae": TINY_CFG.vae_steps, "unet": TINY_CFG.unet_steps}
     assert set(info["timings"]) >= {"1-tokenizer", "2-vae", "3-latents", "4-unet"}
@@ -68,6 +67,11 @@ def test_latent_cache_covers_the_base_split(trained: Path) -> None:
     cache = load_file(trained / "work" / "3-latents" / "latents.safetensors")
     captions = json.loads((trained / "work" / "3-latents" / "captions.json").read_text())
     assert cache["mean"].shape == cache["std"].shape == (len(captions), TINY.latent_channels, 16, 16)
+    # whitened: every channel of z = mean + std * eps has zero mean and unit variance over the split
+    mean, std = cache["mean"], cache["std"]
+    torch.testing.assert_close(mean.mean((0, 2, 3)), torch.zeros(TINY.latent_channels), atol=1e-4, rtol=0)
+    var = mean.var((0, 2, 3)) + std.pow(2).mean((0, 2, 3))
+    torch.testing.assert_close(var, torch.ones(TINY.latent_channels), atol=1e-4, rtol=0)
     assert all(" face" in c for c in captions)
 
 
@@ -126,3 +130,22 @@ def test_checkpoint_roundtrip_restores_rng(tmp_path: Path) -> None:
 def test_missing_manifest_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="manifest.json"):
         train_base([tmp_path], tmp_path / "out", arch=TINY, cfg=TINY_CFG, progress=False)
+
+
+def test_whitening_keeps_the_autoencoder_and_moves_its_latents() -> None:
+    torch.manual_seed(0)
+    vae = build_vae(TINY).eval()
+    with torch.no_grad():  # a trained VAE's latents sit off zero with uneven spread; imitate that
+        vae.quant_conv.bias[: TINY.latent_channels] += torch.tensor([-1.4, -2.5, -3.8, -0.1])
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        before = vae.encode(x).latent_dist
+        recon = vae.decode(before.mean).sample
+        shift, scale = torch.tensor([-1.0, -2.0, -3.0, 0.5]), torch.tensor([2.0, 1.3, 1.9, 0.9])
+        whiten_vae(vae, shift, scale)
+        after = vae.encode(x).latent_dist
+        shift_, scale_ = shift.view(1, -1, 1, 1), scale.view(1, -1, 1, 1)
+        torch.testing.assert_close(after.mean, (before.mean - shift_) / scale_, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(after.std, before.std / scale_, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(vae.decode(after.mean).sample, recon, atol=1e-5, rtol=1e-4)
+    assert vae.config.scaling_factor == 1.0
