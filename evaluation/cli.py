@@ -119,23 +119,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def format_table(rows: list[dict]) -> str:
     """The rows as a plain-text table for the terminal."""
-    cols = [
-        c
-        for c in (
-            "domain",
-            "method",
-            "steps",
-            "id_sim",
-            "context_acc",
-            "diversity",
-            "clip_i",
-            "clip_t",
-            "dino",
-            "n_images",
-            "tune_s",
-        )
-        if any(c in r for r in rows)
-    ]
+    from evaluation.report import COLUMNS
+
+    cols = [c for c in COLUMNS if any(c in r for r in rows)]
     cell = lambda v: "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
     table = [cols] + [[cell(r.get(c)) for c in cols] for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(cols))]

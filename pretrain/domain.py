@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -149,7 +150,7 @@ def train_domain(
         _, client = engine.load_checkpoint(str(work), load_optimizer_states=True, load_lr_scheduler_states=True)
         if client is None or client.get("fingerprint") != fingerprint:
             raise RuntimeError(
-                f"checkpoints in {work} come from other inputs or settings; delete that folder to start over"
+                f"checkpoints in {work} come from other inputs or settings; delete that folder or pass --restart-stale"
             )
         step = client["step"]
         if rank == 0:
@@ -189,6 +190,8 @@ def train_domain(
             engine.save_checkpoint(
                 str(work), tag=f"step{step}", client_state={"step": step, "rng": rng, "fingerprint": fingerprint}
             )
+            if rank == 0:  # readable without DeepSpeed, so that `launch` can check the folder before starting ranks
+                (work / "fingerprint").write_text(fingerprint)
     bar.close()
 
     # 7. the domain pack, written by rank 0
@@ -221,6 +224,16 @@ def pack_is_current(out: Path, base_dir: Path, shard_dirs: list[Path], cfg: Doma
     return config.get("training", {}).get("fingerprint") == fingerprint and config.get("step") == cfg.steps
 
 
+def stale_checkpoints(work: Path, base_dir: Path, shard_dirs: list[Path], cfg: DomainTrainConfig, domain: str) -> bool:
+    """True when `work` holds checkpoints whose recorded fingerprint differs from these inputs and settings."""
+    recorded = work / "fingerprint"
+    if not ((work / "latest").is_file() and recorded.is_file()):
+        return False
+    from e4t.base import folder_hash
+
+    return recorded.read_text().strip() != _inputs_fingerprint(folder_hash(base_dir), shard_dirs, cfg, domain)
+
+
 def launch(args: argparse.Namespace) -> int:
     """`e4t pretrain domain`: start `num_procs` local ranks with torch's launcher, splitting the cores."""
     out, base_dir = Path(args.out), Path(args.base)
@@ -229,6 +242,17 @@ def launch(args: argparse.Namespace) -> int:
     if pack_is_current(out, base_dir, shard_dirs, cfg, args.domain):
         print(f"{out} is up to date with its inputs; nothing to do")
         return 0
+    work = Path(args.work) if args.work else out.with_suffix(".work")
+    if stale_checkpoints(work, base_dir, shard_dirs, cfg, args.domain):
+        if not args.restart_stale:
+            print(
+                f"checkpoints in {work} come from other inputs or settings; delete that folder "
+                "or pass --restart-stale to start over",
+                file=sys.stderr,
+            )
+            return 2
+        print(f"checkpoints in {work} come from other inputs or settings; starting over")
+        shutil.rmtree(work)
     import subprocess
 
     env = dict(os.environ)
@@ -258,6 +282,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="per-process batch size")
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--work", help="checkpoint folder (default: OUT with the suffix .work)")
+    p.add_argument(
+        "--restart-stale",
+        action="store_true",
+        help="when the checkpoint folder comes from other inputs or settings, delete it and start over",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> DomainTrainConfig:

@@ -118,6 +118,7 @@ def build_embedded(
             checkpoint_every=None,
             num_procs=num_procs,
             work=str(work / "packs" / f"{domain}.work"),
+            restart_stale=True,  # the recipe owns its work folders: a new base makes their checkpoints stale
         )
         (artifacts / "packs").mkdir(parents=True, exist_ok=True)
         if launch(args) != 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,16 @@ def tiny_pack_path(tiny_base_dir, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny_pack") / "faces.safetensors"
     DomainPack.initial(base, "faces", "face", vision=TINY_VISION).save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def pretrain_domain_cmd():
+    """`e4t pretrain domain` on the tiny preset as a command line; DeepSpeed wants processes of its own."""
+
+    def cmd(base: Path, shards: Path, out: Path, *extra: str, num_procs: int = 1) -> list[str]:
+        return [
+            *(sys.executable, "-m", "cli", "pretrain", "domain", "--preset", "tiny", "--num-procs", str(num_procs)),
+            *("--base", str(base), "--shards", str(shards), "--out", str(out), *extra),
+        ]
+
+    return cmd

@@ -3,7 +3,6 @@ a real gRPC server -> personalize -> generate -> the concept survives a restart.
 
 import io
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_shards_to_served_concept(tmp_path):
+def test_shards_to_served_concept(tmp_path, pretrain_domain_cmd):
     from pretrain.arch import TINY
     from pretrain.base import BaseTrainConfig, train_base
     from serve.client import E4TClient
@@ -28,23 +27,7 @@ def test_shards_to_served_concept(tmp_path):
 
     # 2. domain pretraining under DeepSpeed (one process; tests/pretrain covers two and resuming)
     pack = tmp_path / "faces.safetensors"
-    cmd = [
-        sys.executable,
-        "-m",
-        "cli",
-        "pretrain",
-        "domain",
-        "--base",
-        str(base),
-        "--shards",
-        str(shards),
-        "--out",
-        str(pack),
-        "--preset",
-        "tiny",
-        "--num-procs",
-        "1",
-    ]
+    cmd = pretrain_domain_cmd(base, shards, pack)
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
