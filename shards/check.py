@@ -41,7 +41,8 @@ def _check_sample(key: str, files: dict[str, bytes]) -> str | None:
     return f"sample {key!r}: json lacks {missing}" if missing else None
 
 
-def _read_tar(path: Path) -> dict[str, dict[str, bytes]]:
+def read_tar(path: Path) -> dict[str, dict[str, bytes]]:
+    """Every sample of one shard: {key: {extension: bytes}}."""
     samples: dict[str, dict[str, bytes]] = {}
     with tarfile.open(path) as tf:
         for member in tf:
@@ -70,7 +71,7 @@ def check_shards(directory: str | Path, *, raise_on_problems: bool = False, prog
         if sha256_file(path) != shard["sha256"]:
             problems.append(f"{shard['file']}: sha256 differs from {MANIFEST} (modified or truncated)")
         try:
-            samples = _read_tar(path)
+            samples = read_tar(path)
         except (tarfile.TarError, OSError, EOFError) as exn:
             problems.append(f"{shard['file']}: not a readable tar ({type(exn).__name__}: {exn})")
             continue

@@ -2,25 +2,19 @@
 
 import io
 import json
-import tarfile
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from shards.build import build_from_folder, class_word_for
-from shards.check import ShardCheckError, check_shards
+from shards.check import ShardCheckError, check_shards, read_tar
 from shards.cli import main
 from shards.synth import synthesize
 
 
 def _read(directory, manifest):
-    samples = {}
-    for shard in manifest["shards"]:
-        with tarfile.open(directory / shard["file"]) as tf:
-            for m in tf:
-                key, _, ext = m.name.partition(".")
-                samples.setdefault(key, {})[ext] = tf.extractfile(m).read()
+    samples = {k: v for shard in manifest["shards"] for k, v in read_tar(directory / shard["file"]).items()}
     return {
         json.loads(s["json"])["source"]: (Image.open(io.BytesIO(s["jpg"])), json.loads(s["json"]))
         for s in samples.values()

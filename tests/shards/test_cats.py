@@ -4,27 +4,18 @@ import hashlib
 import io
 import json
 import random
-import tarfile
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from shards import cats, faces
+from shards.check import read_tar
 from shards.cli import main as shards_main
 from shards.splits import split_of
 from shards.synth import DOMAINS, render_sample, synthesize
 
 PLAIN = {"background": "plain", "medium": "photo", "accessory": "none"}
-
-
-def _samples(tar_path):
-    out = {}
-    with tarfile.open(tar_path) as tf:
-        for m in tf.getmembers():
-            key, ext = m.name.split(".", 1)
-            out.setdefault(key, {})[ext] = tf.extractfile(m).read()
-    return out
 
 
 def _img(attributes, ctx, nz, size=64):
@@ -43,7 +34,7 @@ def test_registered_and_deterministic(tmp_path):
 def test_schema_matches_faces(tmp_path):
     m = synthesize("cats", 4, 2, 32, 0, tmp_path, progress=False)
     _, _, face_meta = render_sample("faces", 0, 0, 16, 0)
-    for s in _samples(tmp_path / m["shards"][0]["file"]).values():
+    for s in read_tar(tmp_path / m["shards"][0]["file"]).values():
         meta = json.loads(s["json"])
         assert set(meta) == set(face_meta)  # same field names as faces
         assert set(meta["context"]) == set(face_meta["context"])

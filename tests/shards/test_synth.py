@@ -3,24 +3,15 @@
 import io
 import json
 import random
-import tarfile
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from shards import faces
+from shards.check import read_tar
 from shards.splits import SPLITS, split_of
 from shards.synth import synthesize
-
-
-def _samples(tar_path):
-    out = {}
-    with tarfile.open(tar_path) as tf:
-        for m in tf.getmembers():
-            key, ext = m.name.split(".", 1)
-            out.setdefault(key, {})[ext] = tf.extractfile(m).read()
-    return out
 
 
 def test_synth_is_deterministic(tmp_path):
@@ -38,7 +29,7 @@ def test_synth_schema(tmp_path):
     assert m["domain"] == "faces" and m["world_version"] == 1 and m["views"] == 3 and m["size"] == 32
     assert sum(m["splits"].values()) == m["num_samples"] == 15
     assert m["num_skipped"] == 0 and m["skipped"] == []
-    samples = _samples(tmp_path / m["shards"][0]["file"])
+    samples = read_tar(tmp_path / m["shards"][0]["file"])
     assert len(samples) == 15
     for s in samples.values():
         meta = json.loads(s["json"])
