@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -45,7 +46,7 @@ from pretrain.arch import (
 )
 from pretrain.arch import train_tokenizer as _train_bpe
 from shards.reader import make_pipeline, shard_urls
-from shards.synth import DOMAINS
+from shards.synth import DOMAINS, described_caption, training_caption
 from shards.writer import sha256_file
 
 StepCallback = Callable[[str, int], None]
@@ -55,7 +56,7 @@ StepCallback = Callable[[str, int], None]
 class BaseTrainConfig:
     """How the embedded base is trained. Fields prefixed `vae_` / `unet_` belong to one stage."""
 
-    vae_steps: int = 700
+    vae_steps: int = 2000
     vae_batch_size: int = 32
     vae_lr: float = 1e-3
     vae_warmup: int = 50
@@ -66,6 +67,8 @@ class BaseTrainConfig:
     unet_lr: float = 5e-4
     unet_warmup: int = 150
     unet_caption_dropout: float = 0.1
+    unet_describe_share: float = 0.7  # captions that name the identity's attributes (shards.synth.training_caption)
+    unet_snr_gamma: float = 5.0  # min-SNR loss weighting (Hang et al. 2023); 0 turns it off
     unet_ema: bool = True
     unet_ema_max_decay: float = 0.999
     grad_clip: float = 1.0
@@ -189,7 +192,7 @@ def _train_stages(
     vae = AutoencoderKL.from_pretrained(vae_dir / "model")
 
     # 3. latent cache and whitened VAE: the whole base split encoded once; the UNet stage reads only this
-    cache_key = ck.config_hash({"stage": 3, "vae": vae_key, "whiten": "per-channel"})
+    cache_key = ck.config_hash({"stage": 3, "vae": vae_key, "whiten": "per-channel", "metas": 1})
     cache_dir = run_stage("3-latents", cache_key, lambda d: _stage_latents(d, data, vae, progress))
     vae = AutoencoderKL.from_pretrained(cache_dir / "vae")
 
@@ -287,6 +290,8 @@ def _stage_tokenizer(stage_dir: Path, data: _Data, manifests: list[dict], arch: 
     class_words |= {DOMAINS[m["domain"]].CLASS_WORD for m in manifests if m.get("domain") in DOMAINS}
     for batch in data.once(256):
         captions += batch["caption"]
+        # the described captions the UNet stage draws, so every attribute word is in the vocabulary
+        captions += [training_caption(m, random.Random(0), 1.0) for m in batch["meta"] if m.get("attributes")]
         class_words |= {m["class_word"] for m in batch["meta"] if m.get("class_word")}
     if not captions:
         raise ValueError(f"The shards {data.urls[:3]}... should hold samples of the `base` split but hold none.")
@@ -358,6 +363,8 @@ def _stage_latents(stage_dir: Path, data: _Data, vae: AutoencoderKL, progress: b
     tensors = {"mean": ((mean - shift_) / scale_).contiguous(), "std": (std / scale_).contiguous()}
     save_file(tensors, stage_dir / "latents.safetensors")
     (stage_dir / "captions.json").write_text(json.dumps(captions))
+    keep = ("domain", "caption", "attributes", "context", "identity")
+    (stage_dir / "metas.json").write_text(json.dumps([{k: m[k] for k in keep if k in m} for m in metas]))
     (stage_dir / "prompts.json").write_text(json.dumps(sample_prompts(captions, metas), indent=1))
     return {"samples": len(captions), "latent_shift": shift.tolist(), "latent_scale": scale.tolist()}
 
@@ -398,11 +405,14 @@ def _stage_unet(
     ck.seed_everything(cfg.seed)
     cache = load_file(cache_dir / "latents.safetensors")
     mean, std, scale = cache["mean"], cache["std"], vae.config.scaling_factor
-    captions = json.loads((cache_dir / "captions.json").read_text())
-    ids = tokenizer(
-        captions, padding="max_length", max_length=arch.max_tokens, truncation=True, return_tensors="pt"
-    ).input_ids
-    empty = tokenizer("", padding="max_length", max_length=arch.max_tokens, return_tensors="pt").input_ids
+    metas = json.loads((cache_dir / "metas.json").read_text())
+
+    def tokenize(texts: list[str]) -> torch.Tensor:
+        return tokenizer(
+            texts, padding="max_length", max_length=arch.max_tokens, truncation=True, return_tensors="pt"
+        ).input_ids
+
+    empty = tokenize([""])
     unet, text_encoder = build_unet(arch), build_text_encoder(arch, tokenizer)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=cfg.weight_decay)
@@ -410,12 +420,18 @@ def _stage_unet(
     ema = EMAModel(params, decay=cfg.unet_ema_max_decay, use_ema_warmup=True) if cfg.unet_ema else None
     noise_sched = DDPMScheduler.from_config(build_scheduler().config)
 
+    snr = noise_sched.alphas_cumprod / (1 - noise_sched.alphas_cumprod)
+    # min-SNR-gamma for epsilon prediction: min(SNR, gamma) / SNR; no weighting when gamma is 0
+    weight = (snr.clamp(max=cfg.unet_snr_gamma) / snr) if cfg.unet_snr_gamma > 0 else torch.ones_like(snr)
+
     def batches(start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + start)  # a resumed run draws fresh batches
+        rng = random.Random(cfg.seed * 1_000_003 + start)
         while True:
-            idx = torch.randint(len(captions), (cfg.unet_batch_size,), generator=g)
+            idx = torch.randint(len(metas), (cfg.unet_batch_size,), generator=g)
+            tokens = tokenize([training_caption(metas[i], rng, cfg.unet_describe_share) for i in idx.tolist()])
             drop = torch.rand(len(idx), generator=g) < cfg.unet_caption_dropout
-            yield idx, torch.where(drop[:, None], empty, ids[idx])
+            yield idx, torch.where(drop[:, None], empty, tokens)
 
     def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         idx, tokens = batch
@@ -424,7 +440,8 @@ def _stage_unet(
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),))
         cond = text_encoder(tokens)[0]
         pred = unet(noise_sched.add_noise(latents, noise, t), t, cond).sample
-        return F.mse_loss(pred, noise), {}
+        mse = F.mse_loss(pred, noise, reduction="none").mean((1, 2, 3))
+        return (weight[t] * mse).mean(), {"mse": mse.mean().item()}
 
     def on_step(stage: str, step: int) -> None:
         if cfg.sample_every and step % cfg.sample_every == 0:
@@ -522,6 +539,7 @@ def _train_loop(
     for model in models.values():
         model.train()
     stream, smooth, t0 = batches(start), math.nan, time.perf_counter()
+    curve = ckpt.with_name("curve.jsonl")  # the loss curve, appended every 50 steps (README figures)
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=stage, disable=not progress)
     for step in bar:
         loss, logs = loss_fn(next(stream))
@@ -538,6 +556,9 @@ def _train_loop(
         logs = {"loss": smooth, **logs}
         bar.set_postfix(lr=f"{sched.get_last_lr()[0]:.1e}", **{k: f"{v:.4f}" for k, v in logs.items()})
         done = step + 1
+        if done % 50 == 0 or done == steps:
+            with curve.open("a") as f:
+                f.write(json.dumps({"step": done, "s": round(time.perf_counter() - t0, 1), **logs}) + "\n")
         if done % cfg.checkpoint_every == 0 and done < steps:
             ck.save_checkpoint(
                 ckpt,
@@ -572,7 +593,7 @@ def sample_prompts(captions: list[str], metas: list[dict]) -> list[str]:
         distinct = sorted(set(captions))
         return distinct[:: max(1, len(distinct) // 16)][:16]
     prompts: list[str] = []
-    for _, items in sorted(by_domain.items()):
+    for domain, items in sorted(by_domain.items()):
         kinds = sorted({k for _, ctx in items for k in ctx})
         common = {k: Counter(str(ctx.get(k)) for _, ctx in items).most_common(1)[0][0] for k in kinds}
         caption_of = {json.dumps({k: str(ctx.get(k)) for k in kinds}, sort_keys=True): c for c, ctx in items}
@@ -581,6 +602,12 @@ def sample_prompts(captions: list[str], metas: list[dict]) -> list[str]:
                 caption = caption_of.get(json.dumps(common | {kind: label}, sort_keys=True))
                 if caption is not None and caption not in prompts:
                     prompts.append(caption)
+        # identities drawn from words alone: three subjects' full descriptions, plain photo
+        if domain in DOMAINS:
+            plain = {"background": "plain", "medium": "photo", "accessory": "none"}
+            described = {m["identity"]: m for m in metas if m.get("domain") == domain and "attributes" in m}
+            for meta in list(described.values())[:3]:
+                prompts.append(described_caption(domain, meta["attributes"], plain))
     return prompts
 
 

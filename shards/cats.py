@@ -10,6 +10,7 @@ mark), drawn deterministically from its index and seed; its split comes from
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 from PIL import Image
 
@@ -45,6 +46,7 @@ sample_context = faces.sample_context
 sample_nuisance = faces.sample_nuisance
 __all__ = [
     "ACCESSORIES",
+    "ATTRIBUTE_PHRASES",
     "ATTRIBUTES",
     "BACKGROUNDS",
     "BACKGROUND_VARIANTS",
@@ -54,6 +56,7 @@ __all__ = [
     "WORLD_VERSION",
     "caption_for",
     "context_phrases",
+    "describe",
     "identity_attributes",
     "identity_name",
     "render",
@@ -62,9 +65,37 @@ __all__ = [
 ]
 
 
-def caption_for(context: dict) -> str:
-    """Caption of a view: f"a {medium} of a cat{bg}{acc}", e.g. "a sketch of a cat at night wearing a hat"."""
-    return faces.caption_with(CLASS_WORD, context)
+ATTRIBUTE_PHRASES: dict[str, dict[str, str]] = {
+    "fur_color": {v: f"{v} fur" for v in ATTRIBUTES["fur_color"]},
+    "pattern": {
+        "solid": "a solid coat",
+        "tabby": "tabby stripes",
+        "spotted": "spots",
+        "tuxedo": "a tuxedo coat",
+        "calico": "calico patches",
+    },
+    "eye_color": {**{v: f"{v} eyes" for v in ATTRIBUTES["eye_color"]}, "odd": "odd eyes"},
+    "ear_shape": {v: f"{v} ears" for v in ATTRIBUTES["ear_shape"]},
+    "face_width": {v: f"a {v} head" for v in ATTRIBUTES["face_width"]},
+    "nose_color": {v: f"a {v} nose" for v in ATTRIBUTES["nose_color"]},
+    "whiskers": {v: f"{v} whiskers" for v in ATTRIBUTES["whiskers"]},
+    "mark": {
+        "none": "no markings",
+        "blaze": "a white blaze",
+        "eye_patch_left": "a patch over the left eye",
+        "chin_spot": "a chin spot",
+    },
+}
+
+
+def caption_for(context: dict, description: Sequence[str] = ()) -> str:
+    """Caption of a view: f"a {medium} of a cat{with}{bg}{acc}", e.g. "a sketch of a cat at night wearing a hat"."""
+    return faces.caption_with(CLASS_WORD, context, description)
+
+
+def describe(attributes: dict, names: Sequence[str] | None = None) -> list[str]:
+    """Phrases naming the identity's attributes `names` (all when None), in ATTRIBUTES order."""
+    return faces.describe_with(ATTRIBUTE_PHRASES, attributes, names)
 
 
 def context_phrases() -> list[tuple[str, str, str]]:

@@ -10,6 +10,7 @@ identities stay distinguishable at 64 px.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 from PIL import Image
 
@@ -48,22 +49,67 @@ _ACC_PHRASES = {
     "earrings": " wearing earrings",
 }
 
-# half-width, half-height of the head as fractions of the canvas
+# How captions name each attribute value in words: the base learns identities from these phrases.
+ATTRIBUTE_PHRASES: dict[str, dict[str, str]] = {
+    "face_shape": {v: f"a {v} face" for v in ATTRIBUTES["face_shape"]},
+    "skin_tone": {v: f"{v} skin" for v in ATTRIBUTES["skin_tone"]},
+    "eye_color": {v: f"{v} eyes" for v in ATTRIBUTES["eye_color"]},
+    "eye_spacing": {"narrow": "close-set eyes", "medium": "evenly set eyes", "wide": "wide-set eyes"},
+    "hair_color": {v: f"{v} hair" for v in ATTRIBUTES["hair_color"]},
+    "hair_style": {
+        "bald": "a bald head",
+        "short": "short hair",
+        "long": "long hair",
+        "bun": "a hair bun",
+        "mohawk": "a mohawk",
+        "curly": "curly hair",
+    },
+    "mouth": {"smile": "a smile", "neutral": "a straight mouth", "open": "an open mouth", "frown": "a frown"},
+    "nose": {v: f"a {v} nose" for v in ATTRIBUTES["nose"]},
+    "mark": {
+        "none": "a clear complexion",
+        "mole_left": "a mole on the left cheek",
+        "freckles": "freckles",
+        "scar_right": "a scar on the right cheek",
+        "beauty_mark": "a beauty mark",
+    },
+}
 
 
-def caption_for(context: dict) -> str:
-    """Caption of a view: f"a {medium} of a face{bg}{acc}", e.g. "a sketch of a face at night"."""
-    return caption_with(CLASS_WORD, context)
+def caption_for(context: dict, description: Sequence[str] = ()) -> str:
+    """Caption of a view: f"a {medium} of a face{with}{bg}{acc}", e.g. "a sketch of a face at night"."""
+    return caption_with(CLASS_WORD, context, description)
 
 
-def caption_with(class_word: str, context: dict) -> str:
-    """The caption grammar every synthetic domain shares: f"a {medium} of a {class_word}{bg}{acc}"."""
+def caption_with(class_word: str, context: dict, description: Sequence[str] = ()) -> str:
+    """The caption grammar every synthetic domain shares: f"a {medium} of a {class_word}{with}{bg}{acc}".
+
+    `description`: attribute phrases, e.g. ("a round face", "green eyes") gives
+    "a photo of a face with a round face and green eyes, on the beach".
+    """
     medium, acc = context["medium"], context["accessory"]
     if medium not in MEDIA:
         raise ValueError(f"`medium` must be one of {MEDIA} but is {medium!r}.")
     if acc not in _ACC_PHRASES:
         raise ValueError(f"`accessory` must be one of {ACCESSORIES} but is {acc!r}.")
-    return f"a {medium} of a {class_word}{background_phrase(context['background'])}{_ACC_PHRASES[acc]}"
+    suffix = f"{background_phrase(context['background'])}{_ACC_PHRASES[acc]}"
+    subject = f"a {medium} of a {class_word}"
+    if description:
+        listed = ", ".join(description[:-1]) + " and " + description[-1] if len(description) > 1 else description[0]
+        subject += f" with {listed}" + ("," if suffix else "")
+    return subject + suffix
+
+
+def describe(attributes: dict, names: Sequence[str] | None = None) -> list[str]:
+    """Phrases naming the identity's attributes `names` (all when None), in ATTRIBUTES order."""
+    if attributes.get("hair_style") == "bald":  # a bald head shows no hair colour: naming one would be noise
+        names = [n for n in (names if names is not None else ATTRIBUTES) if n != "hair_color"]
+    return describe_with(ATTRIBUTE_PHRASES, attributes, names)
+
+
+def describe_with(phrases: dict[str, dict[str, str]], attributes: dict, names: Sequence[str] | None) -> list[str]:
+    chosen = list(phrases) if names is None else [n for n in phrases if n in names]
+    return [phrases[n][attributes[n]] for n in chosen]
 
 
 def context_phrases() -> list[tuple[str, str, str]]:

@@ -26,6 +26,28 @@ def get_domain(domain: str) -> ModuleType:
     return DOMAINS[domain]
 
 
+def training_caption(meta: dict, rng: random.Random, describe_share: float) -> str:
+    """A base-training caption for a shard sample: with probability `describe_share` it names the identity.
+
+    A described caption lists a random non-empty subset of the identity's attributes (all of
+    them a third of the time, so that the full description is well trained), e.g.
+    "a photo of a face with a round face, tan skin and green eyes, on the beach". Samples of
+    other sources, or without attributes, keep their own caption.
+    """
+    mod = DOMAINS.get(meta.get("domain", ""))
+    if mod is None or not isinstance(meta.get("attributes"), dict) or rng.random() >= describe_share:
+        return meta["caption"]
+    names = list(mod.ATTRIBUTES)
+    chosen = names if rng.random() < 1 / 3 else rng.sample(names, rng.randint(1, len(names)))
+    return mod.caption_for(meta["context"], mod.describe(meta["attributes"], chosen))
+
+
+def described_caption(domain: str, attributes: dict, context: dict) -> str:
+    """The caption naming every attribute of an identity: the most words can say about it."""
+    mod = get_domain(domain)
+    return mod.caption_for(context, mod.describe(attributes))
+
+
 def render_sample(domain: str, index: int, view: int, size: int, seed: int) -> tuple[str, bytes, dict]:
     """Render view `view` of identity `index`: returns (key, png bytes, json metadata)."""
     mod = get_domain(domain)
