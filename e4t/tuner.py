@@ -4,6 +4,7 @@ encoder and offsets."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from copy import deepcopy
 
 import torch
 from PIL import Image
@@ -17,6 +18,19 @@ from e4t.offsets import TUNE, activate, ensure_adapter, get_offsets, offset_para
 from e4t.pack import DomainPack
 
 MAX_STEPS = 200
+
+
+def _private_copy(encoder: torch.nn.Module) -> torch.nn.Module:
+    """A trainable copy of the pack's encoder, which concurrent requests share and must never see change.
+
+    A tower kept frozen in pretraining (a pretrained CLIP) stays frozen and shared, not copied.
+    """
+    frozen = list(encoder.vision.parameters()) if getattr(encoder, "refers_to_folder", False) else []
+    copy = deepcopy(encoder, memo={id(p): p for p in frozen})
+    copy.train().requires_grad_(True)
+    for p in frozen:
+        p.requires_grad_(False)
+    return copy
 
 
 def personalize(
@@ -53,19 +67,26 @@ def personalize(
     activate(unet, TUNE)
 
     # 3. the encoder's guess, averaged over a few noise draws of the UNet branch
-    with torch.no_grad():
-        batch = objective.noise(pixels.expand(pack.tune.batch, -1, -1, -1), generator)
-        offset = objective.predict_offset(pack.encoder, batch).mean(0)
-    embedding = torch.nn.Parameter(objective.class_embedding + offset)
+    def guess(encoder: torch.nn.Module) -> torch.Tensor:
+        with torch.no_grad():
+            batch = objective.noise(pixels.expand(pack.tune.batch, -1, -1, -1), generator)
+            return objective.class_embedding + objective.predict_offset(encoder, batch).mean(0)
 
-    # 4. tune the embedding and the offsets on augmented copies of the image
+    tune_encoder = pack.tune.mode == "encoder" and steps > 0
+    embedding = torch.nn.Parameter(guess(pack.encoder))
+    encoder = _private_copy(pack.encoder) if tune_encoder else None
+
+    # 4. tune the offsets, and the embedding itself or the encoder's weights, on augmented copies of the image
     params = offset_parameters(unet, TUNE)
+    tuned_first = (
+        {"params": [p for p in encoder.parameters() if p.requires_grad], "lr": pack.tune.lr_encoder}
+        if encoder is not None
+        else {"params": [embedding], "lr": pack.tune.lr_embedding}
+    )
     try:
         for p in params:
             p.requires_grad_(True)
-        optimizer = torch.optim.Adam(
-            [{"params": [embedding], "lr": pack.tune.lr_embedding}, {"params": params, "lr": pack.tune.lr_offsets}]
-        )
+        optimizer = torch.optim.Adam([tuned_first, {"params": params, "lr": pack.tune.lr_offsets}])
         prompts = [f"a photo of {{{'S'}}}"] * pack.tune.batch
         for step in range(steps):
             if should_stop is not None and should_stop():
@@ -73,12 +94,18 @@ def personalize(
             views = augment(pixels, pack.tune.batch, generator)
             batch = objective.noise(views, generator)
             m = mask_t.expand(pack.tune.batch, -1, -1, -1) if mask_t is not None else None
-            loss, _ = objective.loss(batch, embedding.expand(pack.tune.batch, -1), prompts, mask=m)
+            if encoder is not None:  # the paper's way: the encoder reads the views, penalized like in pretraining
+                offset = objective.predict_offset(encoder, batch)
+                loss, _ = objective.loss(batch, objective.class_embedding + offset, prompts, offset=offset, mask=m)
+            else:
+                loss, _ = objective.loss(batch, embedding.expand(pack.tune.batch, -1), prompts, mask=m)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if progress is not None:
                 progress(step + 1, steps, loss.item())
+        if encoder is not None:  # the embedding is fixed from here on: the tuned encoder's reading of the image
+            embedding = torch.nn.Parameter(guess(encoder.eval()))
         tuned = get_offsets(unet, TUNE)
     finally:
         for p in params:

@@ -1,7 +1,7 @@
 """`e4t eval`: measure personalization on held-out subjects (DreamBooth's protocol on the embedded worlds).
 
-    e4t eval --out out/eval                                   # embedded artifacts, faces, steps 0,1,5,15
-    e4t eval --out out/eval --all-domains --steps 0,5         # every loaded pack
+    e4t eval --out out/eval                                   # embedded artifacts, both domains, every method
+    e4t eval --out out/eval --domains faces --steps 0,5 --baselines none   # E4T only, faces only
     e4t eval --out out/eval --quick                           # 2 subjects x 2 prompts x 2 images
     e4t eval --out out/eval --base BASE --pack faces.safetensors --judges JUDGES --clip CLIP_DIR --dino DINO_DIR
 
@@ -26,6 +26,18 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def _baselines(text: str) -> tuple[tuple[str, int], ...]:
+    if text.strip() == "none":
+        return ()
+    try:
+        pairs = [item.split("@") for item in text.split(",") if item.strip()]
+        return tuple((m.strip(), int(s)) for m, s in pairs)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected METHOD@STEPS pairs such as textual_inversion@400,dreambooth@200 (or none) but got {text!r}"
+        ) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="e4t eval",
@@ -44,20 +56,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="domain pack (repeatable; default: the embedded packs)",
     )
     p.add_argument("--judges", type=Path, default=None, metavar="DIR", help="judges folder (default: artifacts/judges)")
-    p.add_argument("--domains", default=None, help="comma-separated domains to evaluate (default: faces)")
+    p.add_argument("--domains", default=None, help="comma-separated domains to evaluate (default: every loaded pack)")
     p.add_argument(
-        "--all-domains", action="store_true", help="evaluate every loaded pack (fewer subjects for the others)"
+        "--subjects", type=int, default=None, help="held-out subjects of the first domain (default: 5; 2 with --quick)"
     )
-    p.add_argument(
-        "--subjects", type=int, default=None, help="held-out subjects per domain (default: 10; 2 with --quick)"
-    )
-    p.add_argument(
-        "--other-subjects", type=int, default=None, help="subjects of the non-main domains with --all-domains"
-    )
+    p.add_argument("--other-subjects", type=int, default=None, help="held-out subjects of the other domains (default: 5)")
     p.add_argument(
         "--steps", type=_int_list, default=None, help="E4T tuning-step counts, one row each (default: 0,1,5,15)"
     )
-    p.add_argument("--images", type=int, default=None, help="images per prompt (default: 4; 2 with --quick)")
+    p.add_argument(
+        "--baselines",
+        type=_baselines,
+        default=None,
+        help="baseline rows as METHOD@STEPS (default: textual_inversion@400,dreambooth@200; `none` for none)",
+    )
+    p.add_argument("--images", type=int, default=None, help="images per prompt (default: 2)")
     p.add_argument("--denoise-steps", type=int, default=None, help="denoising steps (default: 25; 3 with --quick)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: 7.5)")
     p.add_argument("--seed", type=int, default=None, help="tuning seed; generation seeds derive from it (default: 0)")
@@ -83,12 +96,12 @@ def main(argv: list[str] | None = None) -> int:
         "subjects": args.subjects,
         "other_subjects": args.other_subjects,
         "steps": args.steps,
+        "baselines": args.baselines,
         "images_per_prompt": args.images,
         "denoise_steps": args.denoise_steps,
         "guidance": args.guidance,
         "seed": args.seed,
         "grid_images": args.grid_images,
-        "all_domains": args.all_domains or None,
         "domains": tuple(d.strip() for d in args.domains.split(",") if d.strip()) if args.domains else None,
     }
     overrides = {k: v for k, v in given.items() if v is not None}

@@ -2,8 +2,10 @@
 
 1. load the base, the domain packs and the judges (and the CLIP / DINO folders when given)
 2. per domain: pick held-out subjects and distractors, render inputs, references and truths
-3. reference rows: true renders, another identity's renders, their VAE round trip, the class-word base
-4. E4T rows: personalize each subject at each tuning-step count (timed), generate every prompt
+3. reference rows: true renders, another identity's renders, their VAE round trip, the class-word base,
+   the base told the subject's attributes in words
+4. method rows: personalize each subject with E4T at each tuning-step count and with each baseline
+   at its budget (timed), generate every prompt
 5. score the rows with the judges (and CLIP-I / CLIP-T / DINO), write metrics.json and report.html
 """
 
@@ -19,15 +21,27 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from e4t import generate, load_base, load_pack, personalize
+from e4t import generate, load_base, load_pack
 from e4t.base import Base
 from e4t.judges import CONTEXT_FILE, IDENTITY_FILE, load_judges
+from e4t.methods import TUNERS
 from e4t.pack import DomainPack
 from evaluation import metrics, protocol
 from evaluation.protocol import Prompt, Subject
-from evaluation.references import CLASS_WORD, REAL_DIFFERENT, REAL_SAME, VAE, class_word_images, vae_roundtrip
+from evaluation.references import (
+    CLASS_WORD,
+    DESCRIBED,
+    REAL_DIFFERENT,
+    REAL_SAME,
+    VAE,
+    class_word_images,
+    vae_roundtrip,
+)
+from shards.synth import described_caption
 
 METHOD = "e4t"
+# each baseline at the budget bench/fidelity_vs_time.py found best on this world (README)
+BASELINES: tuple[tuple[str, int], ...] = (("textual_inversion", 400), ("dreambooth", 200))
 DIVERSITY_EMBEDDING = "identity judge (e4t.judges.IdentityJudge, 128-d, L2-normalized)"
 METRICS = {
     "id_sim": "mean cosine of identity-judge embeddings, generated vs the subject's reference views",
@@ -44,17 +58,17 @@ METRICS = {
 
 @dataclass(frozen=True)
 class EvalConfig:
-    subjects: int = 10  # held-out subjects of the main domain (of every domain named with `domains`)
-    other_subjects: int = 4  # subjects of each other domain with `all_domains`
+    subjects: int = 5  # held-out subjects of the main domain (of every domain named with `domains`)
+    other_subjects: int = 5  # held-out subjects of each other domain
     steps: tuple[int, ...] = (0, 1, 5, 15)  # E4T tuning-step counts, one row each
-    images_per_prompt: int = 4
+    baselines: tuple[tuple[str, int], ...] = BASELINES  # (method, steps), one row each
+    images_per_prompt: int = 2
     references: int = 4  # reference views per subject for the fidelity metrics
     denoise_steps: int = 25
     guidance: float = 7.5
     seed: int = 0  # tuning seed; generation seeds derive from it (protocol.generation_seed)
     quick: bool = False  # 2 prompts per domain
-    domains: tuple[str, ...] | None = None  # None: the main domain ("faces") only, or all with `all_domains`
-    all_domains: bool = False
+    domains: tuple[str, ...] | None = None  # None: every loaded domain, the main one ("faces") first
     grid_images: int = 1  # images per (prompt, row) cell of the report's grids
 
     @classmethod
@@ -69,6 +83,9 @@ class EvalConfig:
                 raise ValueError(f"`{name}` must be at least 1 but is {getattr(self, name)}.")
         if not self.steps or any(s < 0 for s in self.steps):
             raise ValueError(f"`steps` must be a non-empty list of non-negative counts but is {list(self.steps)}.")
+        unknown = [m for m, _ in self.baselines if m not in TUNERS or m == METHOD]
+        if unknown:
+            raise ValueError(f"`baselines` must name methods of {sorted(set(TUNERS) - {METHOD})} but names {unknown}.")
 
 
 @dataclass
@@ -108,9 +125,7 @@ def pick_domains(packs: dict[str, DomainPack], config: EvalConfig) -> list[str]:
         if missing:
             raise ValueError(f"`domains` must name loaded packs {sorted(packs)} but names {missing}.")
         return list(config.domains)
-    if config.all_domains:
-        return sorted(packs, key=lambda d: (d != protocol.MAIN_DOMAIN, d))
-    return [protocol.MAIN_DOMAIN if protocol.MAIN_DOMAIN in packs else sorted(packs)[0]]
+    return sorted(packs, key=lambda d: (d != protocol.MAIN_DOMAIN, d))
 
 
 def _timed_generate(row: Row, key: tuple[int, int], *args, **kwargs) -> None:
@@ -130,30 +145,34 @@ def run_domain(base: Base, pack: DomainPack, n_subjects: int, config: EvalConfig
     inputs = [protocol.input_image(s, size) for s in subjects]
     references = [protocol.reference_images(s, config.references, size) for s in subjects]
     gen = dict(num_images=n, steps=config.denoise_steps, guidance=config.guidance, batch_size=n)
-    work = len(prompt_list) * (1 + len(subjects) * (1 + len(config.steps)))
+    work = len(prompt_list) * (1 + len(subjects) * (2 + len(config.steps) + len(config.baselines)))
     bar = tqdm(total=work, desc=f"eval {domain}", unit="prompt", disable=not progress)
 
     # 3. reference rows; the class-word images depend on the prompt only, so they are shared by all subjects
-    same, different, vae, word = (Row(m, None, domain) for m in (REAL_SAME, REAL_DIFFERENT, VAE, CLASS_WORD))
+    rows = {m: Row(m, None, domain) for m in (REAL_SAME, REAL_DIFFERENT, VAE, CLASS_WORD, DESCRIBED)}
+    same, different, vae, word, described = rows.values()
+    words = dict(steps=config.denoise_steps, guidance=config.guidance)
     for p in prompt_list:
         seed = protocol.generation_seed(p, config.seed)
         t = time.perf_counter()
-        images = class_word_images(base, p.caption, n, steps=config.denoise_steps, guidance=config.guidance, seed=seed)
+        images = class_word_images(base, p.caption, n, seed=seed, **words)
         word.gen_s.append((time.perf_counter() - t) / n)
         for i, (s, d) in enumerate(zip(subjects, distractors, strict=True)):
             same.groups[i, p.index] = protocol.truth_images(s, p, n, size)
             different.groups[i, p.index] = protocol.truth_images(d, p, n, size)
             vae.groups[i, p.index] = vae_roundtrip(base, same.groups[i, p.index])
             word.groups[i, p.index] = images
-        bar.update(1 + len(subjects))
+            caption = described_caption(domain, s.attributes, p.context)
+            described.groups[i, p.index] = class_word_images(base, caption, n, seed=seed, **words)
+        bar.update(1 + 2 * len(subjects))
 
-    # 4. E4T rows: one concept per (subject, step count), the same tuning seed for all
-    e4t_rows = [Row(METHOD, s, domain) for s in config.steps]
-    personalize(base, pack, inputs[0], steps=0, seed=config.seed)  # warm-up: the first call builds the adapter
+    # 4. method rows: one concept per (subject, method, step count), the same tuning seed for all
+    method_rows = [Row(METHOD, s, domain) for s in config.steps] + [Row(m, s, domain) for m, s in config.baselines]
+    TUNERS[METHOD](base, pack, inputs[0], steps=0, seed=config.seed)  # warm-up: the first call builds the adapter
     for i, image in enumerate(inputs):
-        for row in e4t_rows:
+        for row in method_rows:
             t = time.perf_counter()
-            concept = personalize(base, pack, image, steps=row.steps, seed=config.seed, owner="eval")
+            concept = TUNERS[row.method](base, pack, image, steps=row.steps, seed=config.seed, owner="eval")
             row.tune_s.append(time.perf_counter() - t)
             for p in prompt_list:
                 seed = protocol.generation_seed(p, config.seed)
@@ -169,9 +188,7 @@ def run_domain(base: Base, pack: DomainPack, n_subjects: int, config: EvalConfig
                 )
                 bar.update(1)
     bar.close()
-    return DomainRun(
-        domain, subjects, distractors, prompt_list, inputs, references, [*e4t_rows, same, different, vae, word]
-    )
+    return DomainRun(domain, subjects, distractors, prompt_list, inputs, references, [*method_rows, *rows.values()])
 
 
 class Scorer:
@@ -278,7 +295,7 @@ def evaluate(
     # 2-4. images of every row; 5. scores
     runs, rows = [], []
     for domain in domains:
-        main = not config.all_domains or config.domains or domain == domains[0]
+        main = domain == domains[0]
         run = run_domain(base, packs[domain][0], config.subjects if main else config.other_subjects, config, progress)
         runs.append(run)
         rows += [scorer.score(run, row) for row in tqdm(run.rows, desc=f"score {domain}", disable=not progress)]

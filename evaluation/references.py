@@ -5,6 +5,8 @@ real_same_identity       renders of the subject in the prompted contexts: the up
 real_different_identity  renders of another held-out identity in the same contexts: chance-level ID similarity
 vae_reconstruction       the base VAE's round trip of the true renders: what the autoencoder can keep at best
 base_class_word          the base prompted with the class word ("a photo of a face on the beach"): no personalization
+base_described_identity  the base prompted with the subject's full attribute description ("a photo of a face with
+                         a round face, tan skin, ... and freckles, on the beach"): the ceiling of words alone
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ REAL_SAME = "real_same_identity"
 REAL_DIFFERENT = "real_different_identity"
 VAE = "vae_reconstruction"
 CLASS_WORD = "base_class_word"
-REFERENCE_ROWS: tuple[str, ...] = (REAL_SAME, REAL_DIFFERENT, VAE, CLASS_WORD)
+DESCRIBED = "base_described_identity"
+REFERENCE_ROWS: tuple[str, ...] = (REAL_SAME, REAL_DIFFERENT, VAE, CLASS_WORD, DESCRIBED)
 
 
 @torch.no_grad()
@@ -34,7 +37,7 @@ def vae_roundtrip(base: Base, images: list[Image.Image]) -> list[Image.Image]:
 def class_word_images(
     base: Base, caption: str, count: int, *, steps: int, guidance: float, seed: int
 ) -> list[Image.Image]:
-    """The base alone (no concept, no offsets) on the class-word caption, with the protocol's seeds."""
+    """The base alone (no concept, no offsets) on a caption without concepts, with the protocol's seeds."""
     return generate(
         base, {}, {}, caption, num_images=count, steps=steps, guidance=guidance, seed=seed, batch_size=count
     )

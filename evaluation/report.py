@@ -35,6 +35,9 @@ REF_COLORS = {
     "real_different_identity": "#e76f51",
     "vae_reconstruction": "#8d99ae",
     "base_class_word": "#e9c46a",
+    "base_described_identity": "#b5838d",
+    "textual_inversion": "#6d597a",
+    "dreambooth": "#355070",
 }
 CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222}
@@ -75,11 +78,15 @@ def table(rows: list[dict]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _label(row: dict) -> str:
+    return row["method"] if row["steps"] is None else f"{row['method']}@{row['steps']}"
+
+
 def plot_svg(rows: list[dict], metric: str, title: str, width: int = 500, height: int = 260) -> str:
     """E4T's `metric` against tuning steps (categorical x: the step counts as evenly spaced ticks),
-    with each reference row as a dashed horizontal line."""
-    e4t = sorted((r for r in rows if r["steps"] is not None and r.get(metric) is not None), key=lambda r: r["steps"])
-    refs = [r for r in rows if r["steps"] is None and r.get(metric) is not None]
+    with each reference row and each baseline (at its budget) as a dashed horizontal line."""
+    e4t = sorted((r for r in rows if r["method"] == "e4t" and r.get(metric) is not None), key=lambda r: r["steps"])
+    refs = [r for r in rows if r["method"] != "e4t" and r.get(metric) is not None]
     values = [r[metric] for r in e4t + refs]
     if not e4t or not values:
         return ""
@@ -113,7 +120,7 @@ def plot_svg(rows: list[dict], metric: str, title: str, width: int = 500, height
         )
         parts.append(
             f'<text x="{left + pw + 6}" y="{top + 12 + 14 * j}" fill="{color}">'
-            f"— {html.escape(r['method'])} {r[metric]:.2f}</text>"
+            f"— {html.escape(_label(r))} {r[metric]:.2f}</text>"
         )
     points = " ".join(f"{x(i):.1f},{y(r[metric]):.1f}" for i, r in enumerate(e4t))
     parts.append(f'<polyline points="{points}" fill="none" stroke="#264653" stroke-width="2"/>')

@@ -31,6 +31,7 @@ from e4t.objective import E4TObjective, LossWeights
 from e4t.offsets import TUNE, OffsetConfig, activate, get_offsets, offset_parameters
 from e4t.pack import DomainPack
 from pretrain.checkpoint import capture_rng, restore_rng
+from pretrain.track import log_track
 from shards.reader import make_pipeline, shard_urls
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -46,9 +47,19 @@ class DomainTrainConfig:
     checkpoint_every: int = 200
     seed: int = 0
     rank: int = 4
-    vision: dict | None = None  # None: the encoder's default tower for the embedded base
+    # None: the encoder's default new tower (embedded base); a dict: a new tower of that CLIPVisionConfig;
+    # a str: a pretrained CLIPVisionModel folder (real bases; the paper uses CLIP ViT-L/14)
+    vision: dict | str | None = None
+    # a pretrained tower stays frozen (the pack then refers to its folder by hash): on CPU, fine-tuning
+    # ViT-L's 303M parameters would add ~3.6 GB of gradients and Adam state per rank
+    freeze_vision: bool = True
     deepspeed_config: str = "zero2_cpu.json"
     split: str = "pretrain"
+    # the diffusion target is another view of the input's identity: the encoder must encode identity, not pose
+    paired_views: bool = True
+    # rank 0 scores the encoder's 0-step guess on held-out subjects every `track_every` steps (0: never)
+    track_every: int = 100
+    track_subjects: int = 4
 
     @classmethod
     def preset(cls, name: str) -> DomainTrainConfig:
@@ -58,6 +69,7 @@ class DomainTrainConfig:
                 batch_size=2,
                 warmup=1,
                 checkpoint_every=2,
+                track_every=0,
                 vision=dict(
                     image_size=32,
                     patch_size=8,
@@ -81,16 +93,31 @@ class DomainModel(nn.Module):
         self.unet = objective.base.unet  # registered so that its LoRA parameters are the engine's
         self._objective = objective
 
-    def forward(self, pixels: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(
+        self, pixels: torch.Tensor, captions: list[str], target_pixels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss of denoising `target_pixels` (captioned `captions`) with the embedding the encoder reads off `pixels`.
+
+        Without targets the encoder's input is denoised itself, as in the paper. With another view
+        of the same identity as target, nothing but identity carries over from input to target.
+        """
         obj = self._objective
-        batch = obj.noise(pixels)
-        offset = obj.predict_offset(self.encoder, batch)
+        source = obj.noise(pixels)  # the UNet branch sees the input view noised, as at inference
+        offset = obj.predict_offset(self.encoder, source)
+        target = source if target_pixels is None else obj.noise(target_pixels)
         embeddings = obj.class_embedding + offset
-        return obj.loss(batch, embeddings, obj.subject_prompts(captions), offset=offset)
+        return obj.loss(target, embeddings, obj.subject_prompts(captions), offset=offset)
 
 
 def _inputs_fingerprint(base_hash: str, shard_dirs: list[Path], cfg: DomainTrainConfig, domain: str) -> str:
-    settings = {k: v for k, v in asdict(cfg).items() if k != "checkpoint_every"}  # cadence never changes results
+    # cadences never change results
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("checkpoint_every", "track_every", "track_subjects")}
+    if isinstance(cfg.vision, str):  # a pretrained tower counts by its content, wherever its folder lives
+        from e4t.vision import vision_folder_hash
+
+        settings["vision"] = {"folder_hash": vision_folder_hash(cfg.vision)}
+    else:  # meaningless without a pretrained tower; left out, fingerprints of earlier packs still match
+        del settings["freeze_vision"]
     h = hashlib.sha256(json.dumps({"base": base_hash, "cfg": settings, "domain": domain}, sort_keys=True).encode())
     for d in shard_dirs:
         h.update((d / "manifest.json").read_bytes())
@@ -170,20 +197,43 @@ def train_domain(
             world_size=world,
             rank=rank,
             image_size=base.resolution,
+            pairs=cfg.paired_views,
         )
     )
+    tracker, writer = None, None
+    if rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+
+        from e4t.embedded import artifacts_root
+        from pretrain.track import IdentityTracker
+
+        writer = SummaryWriter(str(work / "tensorboard"), purge_step=step)
+        if cfg.track_every:
+            tracker = IdentityTracker.maybe(base, domain, artifacts_root() / "judges", cfg.track_subjects)
 
     # 6. the loop
     started = time.time()
     bar = tqdm(total=cfg.steps, initial=step, disable=rank != 0, desc=f"pretrain {domain}", dynamic_ncols=True)
     while step < cfg.steps:
         batch = next(data)
-        loss, parts = engine(batch["pixels"], batch["caption"])
+        if cfg.paired_views:  # the target view's caption names the context it is drawn in
+            loss, parts = engine(batch["pixels"], [m["target"]["caption"] for m in batch["meta"]], batch["target_pixels"])
+        else:
+            loss, parts = engine(batch["pixels"], batch["caption"])
         engine.backward(loss)
         engine.step()
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}", **{k: f"{v:.3g}" for k, v in parts.items()})
+        if writer is not None:
+            writer.add_scalar("train/loss", loss.item(), step)
+            for name, value in parts.items():
+                writer.add_scalar(f"train/{name}", value, step)
+            writer.add_scalar("train/lr_encoder", engine.get_lr()[0], step)
+        if tracker is not None and (step % cfg.track_every == 0 or step == cfg.steps):
+            id_sim, grid = tracker(pack)
+            log_track(work, writer, step, id_sim, grid)
+            bar.write(f"step {step}: id_sim of the 0-step guess on held-out subjects {id_sim:.3f}")
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             rng = [None] * world
             torch.distributed.all_gather_object(rng, capture_rng())
@@ -193,6 +243,8 @@ def train_domain(
             if rank == 0:  # readable without DeepSpeed, so that `launch` can check the folder before starting ranks
                 (work / "fingerprint").write_text(fingerprint)
     bar.close()
+    if writer is not None:
+        writer.close()
 
     # 7. the domain pack, written by rank 0
     if rank == 0:
@@ -281,6 +333,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="override the preset's number of steps")
     p.add_argument("--batch-size", type=int, help="per-process batch size")
     p.add_argument("--checkpoint-every", type=int)
+    p.add_argument(
+        "--vision",
+        help="pretrained transformers CLIPVisionModel (or CLIPModel) folder for the encoder's vision branch, "
+        "e.g. CLIP ViT-L/14 (default: a small tower trained from scratch)",
+    )
+    p.add_argument(
+        "--train-vision",
+        action="store_true",
+        help="fine-tune the --vision tower too (default: frozen; the pack then refers to the folder by hash)",
+    )
     p.add_argument("--work", help="checkpoint folder (default: OUT with the suffix .work)")
     p.add_argument(
         "--restart-stale",
@@ -294,6 +356,15 @@ def config_from_args(args: argparse.Namespace) -> DomainTrainConfig:
     for name in ("steps", "batch_size", "checkpoint_every"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
+    if getattr(args, "vision", None):
+        from e4t.errors import NotFound
+        from e4t.vision import check_vision_folder
+
+        try:
+            cfg.vision = str(check_vision_folder(args.vision))  # absolute: ranks run from the repository root
+        except NotFound as err:  # the command line reports FileNotFoundError as a usage error
+            raise FileNotFoundError(str(err)) from None
+    cfg.freeze_vision = not getattr(args, "train_vision", False)
     return cfg
 
 
@@ -315,6 +386,10 @@ def worker_argv(args: argparse.Namespace) -> list[str]:
     for name in ("steps", "batch_size", "checkpoint_every", "work"):
         if getattr(args, name, None) is not None:
             argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    if getattr(args, "vision", None):
+        argv += ["--vision", str(Path(args.vision).expanduser().resolve())]
+    if getattr(args, "train_vision", False):
+        argv.append("--train-vision")
     return argv
 
 

@@ -83,6 +83,41 @@ def _augment(arr: np.ndarray, rng: random.Random) -> np.ndarray:
     return np.clip(arr * rng.uniform(0.9, 1.1), 0.0, 1.0)  # brightness
 
 
+def _identity_of(sample: dict) -> str | None:
+    meta = sample.get("json")
+    return meta.get("identity") if isinstance(meta, dict) else None
+
+
+def _pair_views(seed: int) -> Callable[[Iterable[dict]], Iterator[dict]]:
+    """Pair each sample with another view of its identity: it gains `target.<ext>` and `json["target"]`.
+
+    Shards hold an identity's views next to each other (`e4t shards synth` writes them so), so
+    grouping consecutive samples finds them without an index. Identities with one view are dropped.
+    """
+
+    def pair(group: list[dict], rng: random.Random) -> Iterator[dict]:
+        for i, sample in enumerate(group):
+            other = group[rng.choice([j for j in range(len(group)) if j != i])]
+            ext = next((e for e in IMAGE_EXTS if e in other), None)
+            if ext is None:
+                continue  # counted as bad by the example stage, which sees no target
+            yield {**sample, f"target.{ext}": other[ext], "json": {**sample["json"], "target": other["json"]}}
+
+    def stage(src: Iterable[dict]) -> Iterator[dict]:
+        rng = random.Random(seed * 7919 + _worker_id())
+        group: list[dict] = []
+        for sample in src:
+            if group and _identity_of(sample) != _identity_of(group[0]):
+                if len(group) > 1:
+                    yield from pair(group, rng)
+                group = []
+            group.append(sample)
+        if len(group) > 1:
+            yield from pair(group, rng)
+
+    return stage
+
+
 def _to_examples(image_size: int, augment: bool, seed: int, handler: Callable[[BaseException], bool]):
     def stage(src: Iterable[dict]) -> Iterator[dict]:
         # seeded per worker at iteration time, so workers do not repeat each other's jitter
@@ -96,11 +131,11 @@ def _to_examples(image_size: int, augment: bool, seed: int, handler: Callable[[B
                         f"sample {sample.get('__key__')!r} must have an image ({IMAGE_EXTS}) and a json with "
                         f"a caption but has {sorted(k for k in sample if not k.startswith('__'))}."
                     )
-                arr = np.asarray(resize_center_crop(sample[ext], image_size), dtype=np.float32) / 255.0
-                if augment:
-                    arr = _augment(arr, rng)
-                pixels = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))) * 2.0 - 1.0
-                yield {"pixels": pixels, "caption": meta["caption"], "meta": meta}
+                example = {"pixels": _pixels(sample[ext], image_size, augment, rng), "caption": meta["caption"]}
+                target = next((f"target.{e}" for e in IMAGE_EXTS if f"target.{e}" in sample), None)
+                if target is not None:
+                    example["target_pixels"] = _pixels(sample[target], image_size, augment, rng)
+                yield {**example, "meta": meta}
             except Exception as exn:  # the handler decides what is fatal
                 if handler(exn):
                     continue
@@ -109,13 +144,23 @@ def _to_examples(image_size: int, augment: bool, seed: int, handler: Callable[[B
     return stage
 
 
+def _pixels(image, image_size: int, augment: bool, rng: random.Random) -> torch.Tensor:
+    arr = np.asarray(resize_center_crop(image, image_size), dtype=np.float32) / 255.0
+    if augment:
+        arr = _augment(arr, rng)
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))) * 2.0 - 1.0
+
+
 def collate(examples: list[dict]) -> dict:
-    """Stack examples into {"pixels": [B,3,H,W], "caption": [...], "meta": [...]}."""
-    return {
+    """Stack examples into {"pixels": [B,3,H,W], "caption": [...], "meta": [...]} (+ "target_pixels" for pairs)."""
+    batch = {
         "pixels": torch.stack([e["pixels"] for e in examples]),
         "caption": [e["caption"] for e in examples],
         "meta": [e["meta"] for e in examples],
     }
+    if all("target_pixels" in e for e in examples):
+        batch["target_pixels"] = torch.stack([e["target_pixels"] for e in examples])
+    return batch
 
 
 def make_pipeline(
@@ -132,6 +177,7 @@ def make_pipeline(
     rank: int | None = None,
     num_workers: int = 0,
     handler: Callable[[BaseException], bool] | None = None,
+    pairs: bool = False,
 ) -> wds.DataPipeline:
     """Build the training pipeline over shard `urls`.
 
@@ -140,6 +186,8 @@ def make_pipeline(
     partial batch kept); with it, every rank/worker streams forever (partial batches dropped).
     `splits` keeps only samples whose json "split" is listed. `handler` receives every bad
     sample's exception; the default is a `CountingHandler` (available as `pipe.handler`).
+    `pairs` gives each sample another view of its identity as `target_pixels` (its json under
+    meta["target"]): the input of the encoder and the image it must help to denoise differ.
     """
     # 1. check inputs
     urls = [str(u) for u in urls]
@@ -180,9 +228,12 @@ def make_pipeline(
     pipe = wds.DataPipeline(
         *source,
         wds.tarfile_to_samples(handler=handler),
+        # pairing reads the json of consecutive samples, before the shuffle separates an identity's views
+        wds.decode(only=["json"], handler=handler) if pairs else None,
+        _pair_views(seed + rank) if pairs else None,
         wds.detshuffle(shuffle, initial=min(100, shuffle), seed=seed * 1000 + rank) if shuffle > 1 else None,
         # json first: filtering by split before decoding images skips the work on dropped samples
-        wds.decode(only=["json"], handler=handler),
+        wds.decode(only=["json"], handler=handler) if not pairs else None,
         # samples without a json dict pass on, to be counted as bad by the last stage
         wds.select(lambda s: not isinstance(s.get("json"), dict) or s["json"].get("split") in wanted)
         if wanted is not None

@@ -40,6 +40,8 @@ def quick_run(tiny_base_dir, tiny_pack_path, tiny_judges, tiny_real_models, tmp_
         "--quick",
         "--steps",
         "0,1",
+        "--baselines",
+        "textual_inversion@2,dreambooth@1",
         "--clip",
         str(clip_dir),
         "--dino",
@@ -56,13 +58,17 @@ def test_metrics_json_has_every_row_in_range(quick_run):
     _, result = quick_run
     rows = result["rows"]
     assert [r["steps"] for r in rows if r["method"] == "e4t"] == [0, 1]
+    assert [(r["method"], r["steps"]) for r in rows if r["method"] in ("textual_inversion", "dreambooth")] == [
+        ("textual_inversion", 2),
+        ("dreambooth", 1),
+    ]
     assert {r["method"] for r in rows if r["steps"] is None} == set(REFERENCE_ROWS)
     for r in rows:
         assert r["domain"] == "faces" and r["n_images"] == 2 * 2 * 2  # subjects x prompts x images
         for key in ("id_sim", "clip_i", "clip_t", "dino"):
             assert -1.0001 <= r[key] <= 1.0001, (r["method"], key, r[key])
         assert 0.0 <= r["context_acc"] <= 1.0 and 0.0 <= r["diversity"] <= 2.0
-        assert ("tune_s" in r) == (r["method"] == "e4t")
+        assert ("tune_s" in r) == (r["steps"] is not None)
         assert all(not (isinstance(v, float) and math.isnan(v)) for v in r.values())
     proto = result["protocol"]
     assert proto["base"]["hash"] and proto["packs"]["faces"]["hash"]
@@ -141,11 +147,12 @@ def test_domain_choice_and_config_checks():
     from evaluation.harness import EvalConfig, pick_domains
 
     packs = {"cats": None, "faces": None}
-    assert pick_domains(packs, EvalConfig()) == ["faces"]
-    assert pick_domains(packs, EvalConfig(all_domains=True)) == ["faces", "cats"]
+    assert pick_domains(packs, EvalConfig()) == ["faces", "cats"]
     assert pick_domains(packs, EvalConfig(domains=("cats",))) == ["cats"]
     with pytest.raises(ValueError, match="loaded packs"):
         pick_domains(packs, EvalConfig(domains=("art",)))
     with pytest.raises(ValueError, match="`steps`"):
         EvalConfig(steps=(-1,))
+    with pytest.raises(ValueError, match="`baselines`"):
+        EvalConfig(baselines=(("sks", 10),))
     assert EvalConfig.quick_config().images_per_prompt == 2

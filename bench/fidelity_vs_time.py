@@ -1,0 +1,241 @@
+"""Fidelity against tuning time: E4T, Textual Inversion and DreamBooth on held-out subjects, in one run.
+
+    python bench/fidelity_vs_time.py --out out/fidelity            # both domains, 4 subjects each
+    python bench/fidelity_vs_time.py --out out/f --subjects 1 --ti-steps 5,20 --db-steps 5,20 --e4t-steps 0,5
+
+For each held-out subject of each domain, E4T runs once per step count (it takes seconds), and
+Textual Inversion and DreamBooth run ONCE each up to their largest step count, with a concept
+snapshotted at every listed count on the way (`snapshots=`): the time of a snapshot is the wall
+time from the run's start to that step. Every concept then generates the same prompts with the
+same seeds, scored by the project's judges (id_sim, context_acc, as `e4t eval`). The peak resident
+memory of each tuning run is sampled, and compared with that of generating four images.
+
+Writes OUT/results.json ({"rows": [{domain, method, steps, seconds, id_sim, context_acc,
+peak_rss_mb}, ...], "generate": {...}, "summary": {...}}) and OUT/fidelity_vs_time.png; the
+last line printed is the summary as one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from e4t import generate, load_base, load_pack  # noqa: E402
+from e4t.embedded import artifacts_root, default_paths  # noqa: E402
+from e4t.judges import load_judges  # noqa: E402
+from e4t.methods import TUNERS  # noqa: E402
+from evaluation import protocol  # noqa: E402
+from evaluation.harness import DomainRun, Row, Scorer  # noqa: E402
+
+SNAPSHOT_METHODS = ("textual_inversion", "dreambooth")
+PROMPTS = (0, 4, 6, 7)  # beach, glasses, sketch, painting: a background, an accessory, two media
+
+
+class PeakRSS:
+    """Highest resident set size seen while the block runs, sampled every 5 ms by a thread."""
+
+    def __init__(self) -> None:
+        self.process, self.peak_mb = psutil.Process(), 0.0
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, self.process.memory_info().rss / 2**20)
+            self._stop.wait(0.005)
+
+    def __enter__(self) -> PeakRSS:
+        self.peak_mb = self.process.memory_info().rss / 2**20
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v.strip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--domains", default=None, help="comma-separated (default: every embedded pack)")
+    p.add_argument("--subjects", type=int, default=4, help="held-out subjects per domain")
+    p.add_argument("--e4t-steps", type=_ints, default=(0, 1, 5, 15))
+    p.add_argument("--ti-steps", type=_ints, default=(50, 200, 600), help="Textual Inversion snapshots")
+    p.add_argument("--db-steps", type=_ints, default=(25, 100, 300), help="DreamBooth snapshots")
+    p.add_argument("--images", type=int, default=2, help="images per prompt")
+    p.add_argument("--denoise-steps", type=int, default=25)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    return p
+
+
+def tune(method: str, steps: tuple[int, ...], base, pack, image) -> tuple[list[tuple[int, float, object]], float]:
+    """[(steps, seconds, concept)] for every step count, and the peak RSS (MB) of the tuning."""
+    tuner: Callable = TUNERS[method]
+    results = []
+    with PeakRSS() as peak:
+        if method in SNAPSHOT_METHODS:  # one run, snapshotted on the way
+            start = time.perf_counter()
+            tuner(
+                base,
+                pack,
+                image,
+                steps=max(steps),
+                seed=0,
+                snapshots=steps,
+                on_snapshot=lambda k, c: results.append((k, time.perf_counter() - start, c)),
+            )
+        else:
+            for k in steps:
+                start = time.perf_counter()
+                concept = tuner(base, pack, image, steps=k, seed=0)
+                results.append((k, time.perf_counter() - start, concept))
+    return results, peak.peak_mb
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    base_dir, pack_paths = default_paths()
+    base = load_base(base_dir)
+    packs = {p.domain: p for p in (load_pack(path, base) for path in pack_paths)}
+    domains = args.domains.split(",") if args.domains else sorted(packs, key=lambda d: (d != "faces", d))
+    scorer = Scorer(load_judges(artifacts_root() / "judges"))
+    budgets = {"e4t": args.e4t_steps, "textual_inversion": args.ti_steps, "dreambooth": args.db_steps}
+    out_rows, generate_peak = [], {}
+
+    for domain in domains:
+        pack = packs[domain]
+        subjects = protocol.heldout_identities(domain, args.subjects)
+        prompts = [p for p in protocol.prompts(domain) if p.index in PROMPTS]
+        inputs = [protocol.input_image(s, base.resolution) for s in subjects]
+        refs = [protocol.reference_images(s, 4, base.resolution) for s in subjects]
+        run = DomainRun(domain, subjects, [], prompts, inputs, refs, [])
+        rows = {(m, k): Row(m, k, domain) for m, steps in budgets.items() for k in steps}
+        peaks: dict[str, list[float]] = {m: [] for m in budgets}
+        TUNERS["e4t"](base, pack, inputs[0], steps=0)  # warm-up: the first call builds the adapter
+
+        # the memory of the thing tuning is compared with: generating four images of a prompt
+        concept = TUNERS["e4t"](base, pack, inputs[0], steps=0)
+        with PeakRSS() as peak:
+            t = time.perf_counter()
+            generate(base, packs, {concept.id: concept}, prompts[0].for_concept(concept.id), num_images=4)
+        generate_peak[domain] = {"seconds_4_images": round(time.perf_counter() - t, 3), "peak_rss_mb": peak.peak_mb}
+
+        for i, image in enumerate(inputs):
+            for method, steps in budgets.items():
+                results, peak_mb = tune(method, steps, base, pack, image)
+                peaks[method].append(peak_mb)
+                for k, seconds, concept in results:
+                    row = rows[method, k]
+                    row.tune_s.append(seconds)
+                    for p in prompts:
+                        row.groups[i, p.index] = generate(
+                            base,
+                            packs,
+                            {concept.id: concept},
+                            p.for_concept(concept.id),
+                            num_images=args.images,
+                            steps=args.denoise_steps,
+                            seed=protocol.generation_seed(p),
+                            batch_size=args.images,
+                        )
+            print(f"{domain} subject {i + 1}/{len(inputs)} done at {time.perf_counter() - started:.0f} s", flush=True)
+
+        for (method, k), row in rows.items():
+            scores = scorer.score(run, row)
+            out_rows.append(
+                {
+                    "domain": domain,
+                    "method": method,
+                    "steps": k,
+                    "seconds": round(sum(row.tune_s) / len(row.tune_s), 3),
+                    "id_sim": scores["id_sim"],
+                    "context_acc": scores["context_acc"],
+                    "peak_rss_mb": round(max(peaks[method]), 1),
+                }
+            )
+
+    summary = summarize(out_rows, generate_peak)
+    summary["wall_s"] = round(time.perf_counter() - started, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = {"rows": out_rows, "generate": generate_peak, "summary": summary, "config": vars(args) | {"out": None}}
+    (args.out / "results.json").write_text(json.dumps(result, indent=2, default=list) + "\n")
+    plot(out_rows, args.out / "fidelity_vs_time.png")
+    for r in out_rows:
+        print(json.dumps(r))
+    print(json.dumps(summary))
+    return 0
+
+
+def summarize(rows: list[dict], generate_peak: dict) -> dict:
+    """Per domain: E4T at 5 steps against each baseline's best, and tuning memory against generation's."""
+    out = {}
+    for domain in sorted({r["domain"] for r in rows}):
+        mine = [r for r in rows if r["domain"] == domain]
+        e4t5 = next((r for r in mine if r["method"] == "e4t" and r["steps"] == 5), None)
+        entry: dict = {}
+        for method in SNAPSHOT_METHODS:
+            best = max((r for r in mine if r["method"] == method), key=lambda r: r["id_sim"], default=None)
+            if best is None:
+                continue
+            entry[f"{method}_best"] = {k: best[k] for k in ("steps", "seconds", "id_sim", "context_acc")}
+            if e4t5 is not None:
+                entry[f"e4t5_minus_{method}_best_id_sim"] = round(e4t5["id_sim"] - best["id_sim"], 4)
+                entry[f"{method}_best_time_over_e4t5"] = round(best["seconds"] / max(e4t5["seconds"], 1e-9), 1)
+        if e4t5 is not None:
+            entry["e4t5"] = {k: e4t5[k] for k in ("seconds", "id_sim", "context_acc")}
+        tuning_peak = max(r["peak_rss_mb"] for r in mine)
+        entry["tuning_peak_over_generate_peak"] = round(tuning_peak / generate_peak[domain]["peak_rss_mb"], 3)
+        out[domain] = entry
+    return out
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """id_sim and context accuracy against tuning seconds (log scale), one panel pair per domain."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    domains = sorted({r["domain"] for r in rows}, key=lambda d: (d != "faces", d))
+    colors = {"e4t": "#264653", "textual_inversion": "#6d597a", "dreambooth": "#e76f51"}
+    fig, axes = plt.subplots(len(domains), 2, figsize=(10, 3.6 * len(domains)), squeeze=False)
+    for row_axes, domain in zip(axes, domains, strict=True):
+        for ax, metric in zip(row_axes, ("id_sim", "context_acc"), strict=True):
+            for method, color in colors.items():
+                pts = sorted((r["seconds"], r[metric], r["steps"]) for r in rows if r["domain"] == domain and r["method"] == method)
+                if not pts:
+                    continue
+                xs = [max(p[0], 1e-2) for p in pts]
+                ax.plot(xs, [p[1] for p in pts], "o-", color=color, label=method)
+                for x, (_, v, k) in zip(xs, pts, strict=True):
+                    ax.annotate(str(k), (x, v), textcoords="offset points", xytext=(3, 4), fontsize=7, color=color)
+            ax.set_xscale("log")
+            ax.set_xlabel("tuning seconds (2-core CPU)")
+            ax.set_ylabel(metric)
+            ax.set_title(f"{domain}: {metric} (labels: steps)")
+            ax.grid(alpha=0.3)
+        row_axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
