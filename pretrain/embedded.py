@@ -26,7 +26,7 @@ class EmbeddedRecipe:
     size: int = 64
     seed: int = 0
     base_unet_steps: int = 4000
-    domain_steps: int = 1200
+    domain_steps: int = 500
     domain_batch_size: int = 8
 
 
