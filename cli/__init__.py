@@ -13,12 +13,14 @@ COMMANDS = {
     "client": ("serve.client_cli", "call a running server: personalize, generate, list, get, delete"),
     "demo": ("cli.demo", "the whole flow on the embedded default, writing a grid of results"),
     "eval": ("evaluation.cli", "measure personalization: identity, context fidelity, diversity"),
+    "personalize": ("cli.personalize", "one image to a concept file, locally: PyTorch or ONNX Runtime"),
+    "export": ("cli.export", "a concept to diffusers (embedding + LoRA), or a pack's encoder to ONNX"),
 }
 
 
 def usage() -> str:
     lines = ["usage: e4t <command> [options]", "", "commands:"]
-    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "e4t <command> --help for the options of one command"]
     return "\n".join(lines)
 

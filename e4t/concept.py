@@ -1,7 +1,19 @@
 """Concepts: what personalization produced for one subject, self-contained in one safetensors file.
 
-A concept holds the subject's token embedding and its tuned weight offsets as deltas from its
-domain pack, plus metadata; generation never needs the input image again.
+A concept holds the subject's token embedding and its tuned weight offsets, plus metadata;
+generation never needs the input image again. How the offsets are read depends on the method:
+
+- E4T (`relative_to_pack=True`): `offset_deltas` are the tuned LoRA factors minus the domain pack's,
+  key for key; generation adds them back to the pack's offsets (`offsets(pack)`).
+- Textual Inversion and DreamBooth (`relative_to_pack=False`): the pack's offsets play no part, so
+  `offset_deltas` are the whole offsets, from zero: empty for Textual Inversion (the plain base
+  UNet, as it was tuned on), DreamBooth's own LoRA factors in the pack's layout (rank and targets)
+  so that the same slot adapters load them. Storing deltas that cancel the pack's offsets instead
+  would carry a pack-sized tensor set of no use, tie these concepts to one pack version, and run a
+  zero adapter at every denoising step.
+
+`suffix` is text that follows the concept's token wherever a prompt names it: DreamBooth binds the
+subject to "[V] face" (identifier plus class noun), so its concepts carry the class word there.
 """
 
 from __future__ import annotations
@@ -26,7 +38,7 @@ def new_concept_id() -> str:
 @dataclass
 class Concept:
     embedding: torch.Tensor  # [D] the placeholder token's input embedding
-    offset_deltas: dict[str, torch.Tensor]  # tuned offsets minus the pack's, same keys
+    offset_deltas: dict[str, torch.Tensor]  # LoRA factors: minus the pack's, or whole (see relative_to_pack)
     domain: str
     pack_hash: str
     base_hash: str
@@ -36,6 +48,8 @@ class Concept:
     created: float = field(default_factory=time.time)
     owner: str = ""
     extra: dict = field(default_factory=dict)
+    relative_to_pack: bool = True  # False: offset_deltas are the whole offsets, the pack's are not used
+    suffix: str = ""  # words after the concept's token in every prompt naming it (DreamBooth: the class word)
 
     def metadata(self) -> dict[str, str]:
         return {
@@ -50,7 +64,12 @@ class Concept:
         }
 
     def offsets(self, pack) -> dict[str, torch.Tensor]:
-        """The full weight offsets: the pack's plus this concept's delta."""
+        """The full weight offsets: the pack's plus this concept's delta, or the concept's own ones.
+
+        Empty (no offsets to activate) for a concept that runs the plain base, such as Textual Inversion.
+        """
+        if not self.relative_to_pack:
+            return dict(self.offset_deltas)
         if pack.hash != self.pack_hash:
             raise InvalidInput(
                 f"concept {self.id} was made with {self.domain} pack {self.pack_hash}; the loaded pack is {pack.hash}"
@@ -60,7 +79,14 @@ class Concept:
     def to_bytes(self) -> bytes:
         tensors = {"embedding": self.embedding}
         tensors.update({f"delta.{k}": v for k, v in self.offset_deltas.items()})
-        config = {**self.metadata(), "steps": self.steps, "created": self.created, "extra": self.extra}
+        config = {
+            **self.metadata(),
+            "steps": self.steps,
+            "created": self.created,
+            "extra": self.extra,
+            "relative_to_pack": self.relative_to_pack,
+            "suffix": self.suffix,
+        }
         return to_bytes(tensors, FORMAT, config)
 
     @classmethod
@@ -88,4 +114,6 @@ class Concept:
             created=float(config["created"]),
             owner=config.get("owner", ""),
             extra=config.get("extra", {}),
+            relative_to_pack=bool(config.get("relative_to_pack", True)),  # files written before baselines existed
+            suffix=config.get("suffix", ""),
         )

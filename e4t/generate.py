@@ -12,7 +12,7 @@ from e4t.concept import Concept
 from e4t.errors import Cancelled, InvalidInput, NotFound
 from e4t.offsets import activate_offsets
 from e4t.pack import DomainPack
-from e4t.prompts import encode_prompts, find_concept_ids
+from e4t.prompts import add_suffixes, encode_prompts, find_concept_ids
 
 
 def generate(
@@ -60,19 +60,25 @@ def generate(
         if c.domain not in packs:
             raise NotFound(f"concept {c.id} belongs to domain {c.domain!r}, which is not loaded")
 
-    # 3. encode the prompts with the concepts' embeddings spliced in
+    # 3. encode the prompts with the concepts' embeddings spliced in (and their suffixes, e.g. DreamBooth's class word)
     embeddings = {c.id: c.embedding for c in used}
+    suffixes = {c.id: c.suffix for c in used}
     with torch.no_grad():
-        prompt_embeds = encode_prompts(base.text_encoder, base.tokenizer, [prompt], embeddings)
-        negative_embeds = encode_prompts(base.text_encoder, base.tokenizer, [negative_prompt], embeddings)
+        prompt_embeds = encode_prompts(base.text_encoder, base.tokenizer, [add_suffixes(prompt, suffixes)], embeddings)
+        negative_embeds = encode_prompts(
+            base.text_encoder, base.tokenizer, [add_suffixes(negative_prompt, suffixes)], embeddings
+        )
 
-    # 4. activate the concepts' weight offsets (averaged when several)
+    # 4. activate the concepts' weight offsets (averaged when several); a concept without offsets
+    # (Textual Inversion: the plain base) adds none and does not dilute the others'
     unet = base.unet
-    if used:
-        configs = {packs[c.domain].offset_config for c in used}
+    tuned = [(c, c.offsets(packs[c.domain])) for c in used]
+    tuned = [(c, offsets) for c, offsets in tuned if offsets]
+    if tuned:
+        configs = {packs[c.domain].offset_config for c, _ in tuned}
         if len(configs) > 1:
             raise InvalidInput("concepts in one prompt must come from packs with the same offset layout")
-        activate_offsets(unet, configs.pop(), [c.offsets(packs[c.domain]) for c in used])
+        activate_offsets(unet, configs.pop(), [offsets for _, offsets in tuned])
 
     # 5. denoise, a batch at a time, one seeded generator per image
     def check_cancel(pipe, i, t, kwargs):
@@ -100,6 +106,6 @@ def generate(
                 if on_image is not None:
                     on_image(start + k, image)
     finally:
-        if used:
+        if tuned:
             unet.disable_adapters()
     return images

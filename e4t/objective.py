@@ -96,7 +96,9 @@ class E4TObjective:
             diffusion = (error * m).sum() / (m.sum() * error.shape[1]).clamp(min=1.0)
         else:
             diffusion = error.mean()
-        total = diffusion + self.weights.offsets * offsets_penalty(base.unet, adapter)
+        total = diffusion
+        if self.weights.offsets:  # 0 for methods without offsets (Textual Inversion): the UNet may have no adapter
+            total = total + self.weights.offsets * offsets_penalty(base.unet, adapter)
         parts = {"diffusion": diffusion.item()}
         if offset is not None:
             reg = offset.pow(2).sum(-1).mean()

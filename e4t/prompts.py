@@ -24,6 +24,20 @@ def find_concept_ids(prompt: str) -> list[str]:
     return list(dict.fromkeys(_NAME.findall(prompt)))
 
 
+def add_suffixes(prompt: str, suffixes: Mapping[str, str]) -> str:
+    """`{name}` -> `{name} suffix` for each named concept that carries one, unless the prompt already says it.
+
+    DreamBooth concepts are bound to "[V] <class word>": "a photo of {c_1a2b3c4d5e6f} on the beach"
+    becomes "a photo of {c_1a2b3c4d5e6f} face on the beach", as it was tuned.
+    """
+    for name, suffix in suffixes.items():
+        if suffix:
+            already = r"(?!\s+" + re.escape(suffix) + r"\b)"
+            named = re.compile(r"\{" + re.escape(name) + r"\}" + already)
+            prompt = named.sub(lambda m, s=suffix: f"{m.group(0)} {s}", prompt)
+    return prompt
+
+
 def tokenize_with_slots(tokenizer, prompt: str, slot_token_id: int) -> tuple[list[int], list[tuple[int, str]]]:
     """Token ids of `prompt` padded to the tokenizer's length, with one placeholder per braced name.
 

@@ -28,10 +28,10 @@ from torch import nn
 
 from e4t import load_base
 from e4t.objective import E4TObjective, LossWeights
-from e4t.offsets import TUNE, OffsetConfig, activate, get_offsets, offset_parameters
+from e4t.offsets import TUNE, OffsetConfig, activate, activate_offsets, get_offsets, offset_parameters
 from e4t.pack import DomainPack
 from pretrain.checkpoint import capture_rng, restore_rng
-from pretrain.track import log_track
+from pretrain.track import keep_training_adapter, log_track
 from shards.reader import make_pipeline, shard_urls
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -147,7 +147,13 @@ def train_domain(
     base = load_base(base_dir)
     fingerprint = _inputs_fingerprint(base.hash, shard_dirs, cfg, domain)
     pack = DomainPack.initial(
-        base, domain, class_word, vision=cfg.vision, seed=cfg.seed, offset_config=OffsetConfig(rank=cfg.rank)
+        base,
+        domain,
+        class_word,
+        vision=cfg.vision,
+        freeze_vision=cfg.freeze_vision,
+        seed=cfg.seed,
+        offset_config=OffsetConfig(rank=cfg.rank),
     )
     activate(base.unet, TUNE)
     objective = E4TObjective(base, class_word, LossWeights())
@@ -160,7 +166,12 @@ def train_domain(
         {"params": offsets, "lr": cfg.lr_offsets},
     ]
 
-    # 3. DeepSpeed engine from the JSON config, sized to this run
+    # 3. generating (the tracker's) adds serving's adapter to the UNet: add it now, frozen, so that the
+    # parameters DeepSpeed records at its start are the ones it finds when it checkpoints
+    activate_offsets(base.unet, pack.offset_config, [pack.offsets])
+    keep_training_adapter(base.unet)
+
+    # 4. DeepSpeed engine from the JSON config, sized to this run
     ds_config = json.loads((CONFIG_DIR / cfg.deepspeed_config).read_text())
     ds_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
     ds_config["gradient_accumulation_steps"] = 1
@@ -170,7 +181,7 @@ def train_domain(
     )
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=param_groups, config=ds_config)
 
-    # 4. resume from the latest checkpoint of this output, if any
+    # 5. resume from the latest checkpoint of this output, if any
     work = work or out.with_suffix(".work")
     step = 0
     if (work / "latest").is_file():
@@ -184,7 +195,7 @@ def train_domain(
             print(f"resuming from step {step} ({work})", flush=True)
         restore_rng(client["rng"][rank] if rank < len(client["rng"]) else client["rng"][0])
 
-    # 5. data: resampled shards of the pretraining split, a different stream per rank and restart
+    # 6. data: resampled shards of the pretraining split, a different stream per rank and restart
     urls = [u for d in shard_dirs for u in shard_urls(d)]
     data = iter(
         make_pipeline(
@@ -200,7 +211,7 @@ def train_domain(
             pairs=cfg.paired_views,
         )
     )
-    tracker, writer = None, None
+    writer, tracker = None, None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
 
@@ -211,13 +222,14 @@ def train_domain(
         if cfg.track_every:
             tracker = IdentityTracker.maybe(base, domain, artifacts_root() / "judges", cfg.track_subjects)
 
-    # 6. the loop
+    # 7. the loop
     started = time.time()
     bar = tqdm(total=cfg.steps, initial=step, disable=rank != 0, desc=f"pretrain {domain}", dynamic_ncols=True)
     while step < cfg.steps:
         batch = next(data)
         if cfg.paired_views:  # the target view's caption names the context it is drawn in
-            loss, parts = engine(batch["pixels"], [m["target"]["caption"] for m in batch["meta"]], batch["target_pixels"])
+            captions = [m["target"]["caption"] for m in batch["meta"]]
+            loss, parts = engine(batch["pixels"], captions, batch["target_pixels"])
         else:
             loss, parts = engine(batch["pixels"], batch["caption"])
         engine.backward(loss)
@@ -246,7 +258,7 @@ def train_domain(
     if writer is not None:
         writer.close()
 
-    # 7. the domain pack, written by rank 0
+    # 8. the domain pack, written by rank 0
     if rank == 0:
         pack.encoder = model.encoder.eval().requires_grad_(False)
         pack.offsets = get_offsets(base.unet, TUNE)

@@ -72,10 +72,21 @@ class IdentityTracker:
                     sims.append((emb @ refs.T).mean().item())
                     generated.append(out[0])
         finally:
-            activate(unet, TUNE)
-            for p in offset_parameters(unet, TUNE):
-                p.requires_grad_(True)
+            keep_training_adapter(unet)
         return float(np.mean(sims)), _grid([self.inputs, generated])
+
+
+def keep_training_adapter(unet) -> None:
+    """The training adapter active and trainable, every other adapter (serving's slots) frozen.
+
+    DeepSpeed records which parameters are trainable when it starts and checks that record
+    when it checkpoints, so generating during training must leave the same split behind.
+    """
+    activate(unet, TUNE)
+    trainable = {id(p) for p in offset_parameters(unet, TUNE)}
+    for name, p in unet.named_parameters():
+        if "lora_" in name:
+            p.requires_grad_(id(p) in trainable)
 
 
 def _grid(rows: list[list[Image.Image]]) -> Image.Image:

@@ -106,23 +106,27 @@ class E4TClient:
         image: bytes | str | Path | Image.Image,
         domain: str,
         *,
-        steps: int = 5,
+        steps: int | None = None,
         seed: int = 0,
         mask: bytes | str | Path | Image.Image | None = None,
         method: str = "e4t",
         owner: str = "",
         on_progress: Callable[[int, int, float, str], None] | None = None,
     ) -> dict[str, Any]:
-        """Tunes a concept from one image; returns its metadata. `on_progress(step, total, loss, stage)`."""
+        """Tunes a concept from one image; returns its metadata. `on_progress(step, total, loss, stage)`.
+
+        `method`: "e4t", "textual_inversion" or "dreambooth"; `steps` None: the method's default.
+        """
         request = pb2.PersonalizeRequest(
             image=_image_bytes(image),
             mask=b"" if mask is None else _image_bytes(mask),
             domain=domain,
             method=method,
-            steps=steps,
             seed=seed,
             owner=owner,
         )
+        if steps is not None:
+            request.steps = steps
         for event in self.stub.Personalize(request, timeout=self.timeout):
             if event.HasField("concept"):
                 return concept_dict(event.concept)

@@ -1,7 +1,7 @@
 """`e4t client`: talk to a running e4t server.
 
 e4t client domains
-e4t client personalize me.png --domain faces [--steps 5] [--mask mask.png]
+e4t client personalize me.png --domain faces [--method e4t|textual_inversion|dreambooth] [--steps N] [--mask mask.png]
 e4t client generate --prompt "a photo of {c_0123456789ab} on the beach" --out out/ [--num-images 4]
 e4t client list [--domain faces] | get ID | delete ID
 """
@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 from tqdm import tqdm
+
+METHODS = ("e4t", "textual_inversion", "dreambooth")  # as the server's ListDomains reports them
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,9 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     pers.add_argument("image", type=Path)
     pers.add_argument("--domain", required=True)
     pers.add_argument("--mask", type=Path)
-    pers.add_argument("--steps", type=int, default=5)
+    pers.add_argument(
+        "--steps", type=int, help="tuning steps; default: the method's (e4t 5, textual_inversion 1000, dreambooth 400)"
+    )
     pers.add_argument("--seed", type=int, default=0)
-    pers.add_argument("--method", default="e4t")
+    pers.add_argument("--method", default="e4t", choices=METHODS, help="personalization method (default: e4t)")
     pers.add_argument("--owner", default="")
 
     gen = sub.add_parser("generate", help="generate images; writes PNGs into --out")

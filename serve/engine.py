@@ -23,14 +23,15 @@ from PIL import Image
 
 import e4t
 from e4t.errors import InvalidInput, NotFound
+from e4t.methods import METHODS, TUNERS
 from serve.errors import Cancelled, DeadlineExceeded, QueueFull
 from serve.limits import (
     CONCEPT_ID_RE,
     DEFAULT_GENERATE_STEPS,
     DEFAULT_GUIDANCE,
+    DEFAULT_METHOD_STEPS,
     DEFAULT_NUM_IMAGES,
     DEFAULT_PAGE_SIZE,
-    DEFAULT_PERSONALIZE_STEPS,
     Limits,
     check_concept_id,
     check_method,
@@ -43,7 +44,6 @@ from serve.store import ConceptRecord, ConceptStore
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("e4t",)
 _POLL_S = 0.1  # how often a waiting caller notices its own cancellation
 
 
@@ -236,11 +236,11 @@ class Engine:
         """Validates and queues a personalization; its events are ("progress", (step, total, loss, stage))."""
         # 1. check inputs
         limits = self.limits
-        steps = DEFAULT_PERSONALIZE_STEPS if steps is None else steps
-        seed = 0 if seed is None else seed
-        check_range("steps", steps, 0, limits.max_personalize_steps)  # 0: the encoder's guess, untuned
-        check_range("seed", seed, 0, limits.max_seed)
         method = check_method(method, METHODS)
+        steps = DEFAULT_METHOD_STEPS[method] if steps is None else steps
+        seed = 0 if seed is None else seed
+        check_range("steps", steps, 0, limits.max_steps(method))  # 0: the starting point, untuned
+        check_range("seed", seed, 0, limits.max_seed)
         owner = check_owner(owner, limits)
         if len(image_bytes) + len(mask_bytes) > limits.max_request_bytes:
             raise InvalidInput(
@@ -259,7 +259,7 @@ class Engine:
             def progress(step: int, total: int, loss: float) -> None:
                 job.emit("progress", (int(step), int(total), float(loss), "tuning"))
 
-            concept = e4t.personalize(
+            concept = TUNERS[method](
                 self.base,
                 pack,
                 image,

@@ -15,6 +15,8 @@ from PIL import Image
 from e4t.errors import InvalidInput
 
 DEFAULT_PERSONALIZE_STEPS = 5
+# tuning steps when a request leaves them unset, per personalization method
+DEFAULT_METHOD_STEPS = {"e4t": DEFAULT_PERSONALIZE_STEPS, "textual_inversion": 1000, "dreambooth": 400}
 DEFAULT_NUM_IMAGES = 4
 DEFAULT_GENERATE_STEPS = 25
 DEFAULT_GUIDANCE = 7.5
@@ -36,11 +38,21 @@ class Limits:
     max_prompt_chars: int = 2000  # cheap guard before tokenizing
     max_num_images: int = 8
     max_generate_steps: int = 100
-    max_personalize_steps: int = 50
+    max_personalize_steps: int = 50  # e4t
+    max_textual_inversion_steps: int = 3000  # e4t.textual_inversion.MAX_STEPS
+    max_dreambooth_steps: int = 1000  # e4t.dreambooth.MAX_STEPS
     max_guidance: float = 30.0
     max_seed: int = 2**32 - 1
     max_owner_chars: int = 128
     max_page_size: int = 1000
+
+    def max_steps(self, method: str) -> int:
+        """Most tuning steps one Personalize of `method` may ask for."""
+        return {
+            "e4t": self.max_personalize_steps,
+            "textual_inversion": self.max_textual_inversion_steps,
+            "dreambooth": self.max_dreambooth_steps,
+        }[method]
 
 
 def check_range(name: str, value: float, low: float, high: float) -> None:

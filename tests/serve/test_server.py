@@ -36,7 +36,11 @@ def test_reflection_lists_the_services(served):
 
 def test_list_domains(served):
     (domain,) = served.client.list_domains()
-    assert domain["name"] == "faces" and domain["class_word"] == "face" and domain["methods"] == ["e4t"]
+    assert (
+        domain["name"] == "faces"
+        and domain["class_word"] == "face"
+        and domain["methods"] == ["e4t", "textual_inversion", "dreambooth"]
+    )
     assert domain["pack_hash"]
 
 

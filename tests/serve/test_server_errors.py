@@ -39,9 +39,23 @@ PERSONALIZE_CASES = {
     "decompression bomb": (dict(image=bomb()), INVALID, "pixels"),
     "no image": (dict(image=b""), INVALID, "`image` is required"),
     "unknown domain": (dict(domain="dragons"), NOT_FOUND, "domain 'dragons' does not exist; available: faces"),
-    "other method": (dict(method="dreambooth"), INVALID, "method dreambooth is not available; available: e4t"),
+    "unknown method": (
+        dict(method="warp"),
+        INVALID,
+        "method warp is not available; available: e4t, textual_inversion, dreambooth",
+    ),
     "steps -1": (dict(steps=-1), INVALID, "`steps` has to be in [0, 50] but is -1"),
     "steps 51": (dict(steps=51), INVALID, "`steps` has to be in [0, 50] but is 51"),
+    "ti steps 3001": (
+        dict(method="textual_inversion", steps=3001),
+        INVALID,
+        "`steps` has to be in [0, 3000] but is 3001",
+    ),
+    "dreambooth steps 1001": (
+        dict(method="dreambooth", steps=1001),
+        INVALID,
+        "`steps` has to be in [0, 1000] but is 1001",
+    ),
     "negative seed": (dict(seed=-1), INVALID, "`seed`"),
     "bad mask": (dict(mask=b"nope"), INVALID, "mask could not be decoded"),
 }
