@@ -219,7 +219,11 @@ def plot(rows: list[dict], path: Path) -> None:
     for row_axes, domain in zip(axes, domains, strict=True):
         for ax, metric in zip(row_axes, ("id_sim", "context_acc"), strict=True):
             for method, color in colors.items():
-                pts = sorted((r["seconds"], r[metric], r["steps"]) for r in rows if r["domain"] == domain and r["method"] == method)
+                pts = sorted(
+                    (r["seconds"], r[metric], r["steps"])
+                    for r in rows
+                    if r["domain"] == domain and r["method"] == method
+                )
                 if not pts:
                     continue
                 xs = [max(p[0], 1e-2) for p in pts]

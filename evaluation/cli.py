@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--subjects", type=int, default=None, help="held-out subjects of the first domain (default: 5; 2 with --quick)"
     )
-    p.add_argument("--other-subjects", type=int, default=None, help="held-out subjects of the other domains (default: 5)")
+    p.add_argument(
+        "--other-subjects", type=int, default=None, help="held-out subjects of the other domains (default: 5)"
+    )
     p.add_argument(
         "--steps", type=_int_list, default=None, help="E4T tuning-step counts, one row each (default: 0,1,5,15)"
     )

@@ -151,6 +151,15 @@ def run_domain(base: Base, pack: DomainPack, n_subjects: int, config: EvalConfig
     # 3. reference rows; the class-word images depend on the prompt only, so they are shared by all subjects
     rows = {m: Row(m, None, domain) for m in (REAL_SAME, REAL_DIFFERENT, VAE, CLASS_WORD, DESCRIBED)}
     same, different, vae, word, described = rows.values()
+    descriptions = {
+        (i, p.index): described_caption(domain, s.attributes, p.context)
+        for i, s in enumerate(subjects)
+        for p in prompt_list
+    }
+    limit = base.tokenizer.model_max_length
+    if max(len(base.tokenizer(c).input_ids) for c in descriptions.values()) > limit:
+        del rows[DESCRIBED]  # a base whose prompts are too short for a description has no such row
+        described = None
     words = dict(steps=config.denoise_steps, guidance=config.guidance)
     for p in prompt_list:
         seed = protocol.generation_seed(p, config.seed)
@@ -162,8 +171,8 @@ def run_domain(base: Base, pack: DomainPack, n_subjects: int, config: EvalConfig
             different.groups[i, p.index] = protocol.truth_images(d, p, n, size)
             vae.groups[i, p.index] = vae_roundtrip(base, same.groups[i, p.index])
             word.groups[i, p.index] = images
-            caption = described_caption(domain, s.attributes, p.context)
-            described.groups[i, p.index] = class_word_images(base, caption, n, seed=seed, **words)
+            if described is not None:
+                described.groups[i, p.index] = class_word_images(base, descriptions[i, p.index], n, seed=seed, **words)
         bar.update(1 + 2 * len(subjects))
 
     # 4. method rows: one concept per (subject, method, step count), the same tuning seed for all

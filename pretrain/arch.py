@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -32,7 +32,7 @@ class BaseArch:
     """Sizes of the embedded base. `tiny` is for tests; `default` is what ships."""
 
     image_size: int = 64
-    latent_channels: int = 8
+    latent_channels: int = 4
     vae_channels: tuple[int, ...] = (32, 64, 128)
     unet_channels: tuple[int, ...] = (64, 128, 128)
     unet_layers_per_block: int = 1
@@ -40,8 +40,9 @@ class BaseArch:
     text_width: int = 128
     text_layers: int = 3
     text_heads: int = 4
-    max_tokens: int = 64  # a full attribute description with its context runs to ~45 tokens
+    max_tokens: int = 32
     vocab_merges: int = 2000
+    unet_top_attention: bool = False  # attention at the full latent resolution too
 
     @property
     def latent_size(self) -> int:
@@ -63,10 +64,17 @@ TINY = BaseArch(
     text_layers=1,
     text_heads=2,
     vocab_merges=300,
+    max_tokens=64,  # room for the described captions of the evaluation's `base_described_identity` row
+    unet_top_attention=True,
 )
-# Sized for ~1 h of training on 2 CPU cores: a VAE at (32, 64, 128) costs ~4x the step time.
-# 8 latent channels (16x16x8 for 64x64x3): 4 lost the marks and eye colours that make an identity.
+# Sized for ~30 min of training on 2 CPU cores: a VAE at (32, 64, 128) costs ~4x the step time.
 DEFAULT = BaseArch(vae_channels=(16, 32, 64), unet_channels=(32, 64, 128))
+# The world whose captions describe identities (README, "A base that draws identities from words"):
+# 8 latent channels keep more of the marks and eye colours (16x16x8 for 64x64x3), attention at
+# 16x16 lets words reach them, and a full description with its context runs to ~45 tokens.
+# Measured worse than DEFAULT after 4000 UNet steps; not what ships yet.
+DESCRIBED = replace(DEFAULT, latent_channels=8, max_tokens=64, unet_top_attention=True)
+ARCHS = {"tiny": TINY, "default": DEFAULT, "described": DESCRIBED}
 
 
 def train_tokenizer(captions: Iterable[str], out_dir: str | Path, arch: BaseArch) -> CLIPTokenizer:
@@ -150,16 +158,16 @@ def build_vae(arch: BaseArch) -> AutoencoderKL:
 
 
 def build_unet(arch: BaseArch) -> UNet2DConditionModel:
-    # Attention at every level, the full latent resolution included: eyes, marks and noses
-    # live at 16x16, and words (or E4T's offsets) reach them only through cross-attention there.
-    # It costs ~2.3x the training step of a UNet without it at the top (0.65 s vs 0.28 s, batch 32).
+    # Attention at the full latent resolution (`unet_top_attention`) is where eyes, marks and noses
+    # live, but it costs ~2.3x the training step (0.65 s vs 0.28 s, batch 32 on 2 cores).
     n = len(arch.unet_channels)
+    top = "CrossAttn" if arch.unet_top_attention else ""
     return UNet2DConditionModel(
         sample_size=arch.latent_size,
         in_channels=arch.latent_channels,
         out_channels=arch.latent_channels,
-        down_block_types=("CrossAttnDownBlock2D",) * n,
-        up_block_types=("CrossAttnUpBlock2D",) * n,
+        down_block_types=(f"{top}DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + (f"{top}UpBlock2D",),
         block_out_channels=arch.unet_channels,
         layers_per_block=arch.unet_layers_per_block,
         attention_head_dim=arch.unet_head_dim,

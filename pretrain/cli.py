@@ -27,9 +27,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     base.add_argument("--out", required=True, type=Path, metavar="BASE_DIR", help="output pipeline folder")
     base.add_argument(
         "--preset",
-        choices=("tiny", "default"),
+        choices=("tiny", "default", "described"),
         default="default",
-        help="training config and architecture preset (default: %(default)s)",
+        help="training config and architecture preset; `described`: captions that name identities (README) "
+        "(default: %(default)s)",
     )
     base.add_argument("--steps", type=int, default=None, metavar="N", help="override the UNet training steps")
     base.add_argument("--vae-steps", type=int, default=None, metavar="N", help="override the VAE training steps")
@@ -95,13 +96,13 @@ def _run_embedded(args: argparse.Namespace) -> int:
 
 def _run_base(args: argparse.Namespace) -> int:
     # Imported here so `e4t pretrain --help` answers without loading torch.
-    from pretrain.arch import DEFAULT, TINY
+    from pretrain.arch import ARCHS
     from pretrain.base import BaseTrainConfig, train_base
 
     given = {"unet_steps": args.steps, "vae_steps": args.vae_steps, "dtype": args.dtype, "num_threads": args.threads}
     overrides = {k: v for k, v in given.items() if v is not None}
     cfg = BaseTrainConfig.preset(args.preset, **overrides)
-    arch = TINY if args.preset == "tiny" else DEFAULT
+    arch = ARCHS[args.preset]
     out = train_base(args.shards, args.out, arch=arch, cfg=cfg, progress=not args.no_progress)
     info = json.loads((out / "embedded.json").read_text())
     print(f"base written to {out} (stage seconds: {info.get('timings')}); samples: {out / 'samples.png'}")

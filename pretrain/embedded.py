@@ -25,8 +25,8 @@ class EmbeddedRecipe:
     views: int = 4
     size: int = 64
     seed: int = 0
-    base_unet_steps: int = 4000
-    domain_steps: int = 500
+    base_unet_steps: int = 5000
+    domain_steps: int = 1200
     domain_batch_size: int = 8
 
 

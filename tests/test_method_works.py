@@ -22,9 +22,9 @@ def world():
     from e4t import load_base, load_pack
     from e4t.objective import E4TObjective
 
-    base_dir, pack_paths = default_paths()
+    base_dir, _ = default_paths()
     base = load_base(base_dir)
-    pack = next(p for p in (load_pack(path, base) for path in pack_paths) if p.domain == "faces")
+    pack = load_pack(artifacts_root() / "packs" / "faces.safetensors", base)
     subjects = protocol.heldout_identities("faces", SUBJECTS)
     return base, pack, E4TObjective(base, pack.class_word, pack.loss_weights), subjects
 

@@ -136,12 +136,12 @@ def test_whitening_keeps_the_autoencoder_and_moves_its_latents() -> None:
     torch.manual_seed(0)
     vae = build_vae(TINY).eval()
     with torch.no_grad():  # a trained VAE's latents sit off zero with uneven spread; imitate that
-        vae.quant_conv.bias[: TINY.latent_channels] += torch.tensor([-1.4, -2.5, -3.8, -0.1] * 2)
+        vae.quant_conv.bias[: TINY.latent_channels] += torch.tensor([-1.4, -2.5, -3.8, -0.1])
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     with torch.no_grad():
         before = vae.encode(x).latent_dist
         recon = vae.decode(before.mean).sample
-        shift, scale = torch.tensor([-1.0, -2.0, -3.0, 0.5] * 2), torch.tensor([2.0, 1.3, 1.9, 0.9] * 2)
+        shift, scale = torch.tensor([-1.0, -2.0, -3.0, 0.5]), torch.tensor([2.0, 1.3, 1.9, 0.9])
         whiten_vae(vae, shift, scale)
         after = vae.encode(x).latent_dist
         shift_, scale_ = shift.view(1, -1, 1, 1), scale.view(1, -1, 1, 1)
