@@ -20,15 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import psutil
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from real_shapes import PeakRSS  # noqa: E402  (bench/ is on the path when a script of it runs)
 
 from e4t import generate, load_base, load_pack  # noqa: E402
 from e4t.embedded import artifacts_root, default_paths  # noqa: E402
@@ -39,29 +39,6 @@ from evaluation.harness import DomainRun, Row, Scorer  # noqa: E402
 
 SNAPSHOT_METHODS = ("textual_inversion", "dreambooth")
 PROMPTS = (0, 4, 6, 7)  # beach, glasses, sketch, painting: a background, an accessory, two media
-
-
-class PeakRSS:
-    """Highest resident set size seen while the block runs, sampled every 5 ms by a thread."""
-
-    def __init__(self) -> None:
-        self.process, self.peak_mb = psutil.Process(), 0.0
-        self._stop = threading.Event()
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak_mb = max(self.peak_mb, self.process.memory_info().rss / 2**20)
-            self._stop.wait(0.005)
-
-    def __enter__(self) -> PeakRSS:
-        self.peak_mb = self.process.memory_info().rss / 2**20
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -103,7 +80,7 @@ def tune(method: str, steps: tuple[int, ...], base, pack, image) -> tuple[list[t
                 start = time.perf_counter()
                 concept = tuner(base, pack, image, steps=k, seed=0)
                 results.append((k, time.perf_counter() - start, concept))
-    return results, peak.peak_mb
+    return results, peak.peak / 2**20
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,7 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         with PeakRSS() as peak:
             t = time.perf_counter()
             generate(base, packs, {concept.id: concept}, prompts[0].for_concept(concept.id), num_images=4)
-        generate_peak[domain] = {"seconds_4_images": round(time.perf_counter() - t, 3), "peak_rss_mb": peak.peak_mb}
+        generate_peak[domain] = {
+            "seconds_4_images": round(time.perf_counter() - t, 3),
+            "peak_rss_mb": round(peak.peak / 2**20, 1),
+        }
 
         for i, image in enumerate(inputs):
             for method, steps in budgets.items():
