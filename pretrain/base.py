@@ -183,7 +183,10 @@ def _train_stages(
         return stage_dir
 
     # 1. tokenizer: BPE on every caption of the base split, plus the domains' class words
-    tok_key = ck.config_hash({"stage": 1, "inputs": shas, "arch": [arch.vocab_merges, arch.max_tokens]})
+    described = cfg.unet_describe_share > 0  # described captions join the tokenizer's corpus
+    tok_key = ck.config_hash(
+        {"stage": 1, "inputs": shas, "arch": [arch.vocab_merges, arch.max_tokens], "described": described}
+    )
     tok_dir = run_stage("1-tokenizer", tok_key, lambda d: _stage_tokenizer(d, data, manifests, arch))
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
 
@@ -292,8 +295,12 @@ def _stage_tokenizer(stage_dir: Path, data: _Data, manifests: list[dict], arch: 
     class_words |= {DOMAINS[m["domain"]].CLASS_WORD for m in manifests if m.get("domain") in DOMAINS}
     for batch in data.once(256):
         captions += batch["caption"]
-        # the described captions the UNet stage draws, so every attribute word is in the vocabulary
-        captions += [training_caption(m, random.Random(0), 1.0) for m in batch["meta"] if m.get("attributes")]
+        if data.cfg.unet_describe_share > 0:  # every attribute word the UNet stage's captions may use
+            captions += [
+                described_caption(m["domain"], m["attributes"], m["context"])
+                for m in batch["meta"]
+                if m.get("domain") in DOMAINS and isinstance(m.get("attributes"), dict)
+            ]
         class_words |= {m["class_word"] for m in batch["meta"] if m.get("class_word")}
     if not captions:
         raise ValueError(f"The shards {data.urls[:3]}... should hold samples of the `base` split but hold none.")
