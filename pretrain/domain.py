@@ -56,8 +56,8 @@ class DomainTrainConfig:
     deepspeed_config: str = "zero2_cpu.json"
     split: str = "pretrain"
     # the diffusion target is another view of the input's identity, so that the encoder must encode identity,
-    # not pose; off for the shipped packs (README: not yet measured on a base that can draw identities)
-    paired_views: bool = False
+    # not pose (with the input itself as target, the offsets can copy the input's layout instead)
+    paired_views: bool = True
     # rank 0 scores the encoder's 0-step guess on held-out subjects every `track_every` steps (0: never)
     track_every: int = 100
     track_subjects: int = 4
@@ -356,6 +356,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="fine-tune the --vision tower too (default: frozen; the pack then refers to the folder by hash)",
     )
+    p.add_argument(
+        "--paired-views",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="denoise another view of the input's identity (default: on); --no-paired-views denoises the input itself",
+    )
     p.add_argument("--work", help="checkpoint folder (default: OUT with the suffix .work)")
     p.add_argument(
         "--restart-stale",
@@ -366,8 +372,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> DomainTrainConfig:
     cfg = DomainTrainConfig.preset(args.preset)
-    for name in ("steps", "batch_size", "checkpoint_every"):
-        if getattr(args, name) is not None:
+    for name in ("steps", "batch_size", "checkpoint_every", "paired_views"):
+        if getattr(args, name, None) is not None:
             setattr(cfg, name, getattr(args, name))
     if getattr(args, "vision", None):
         from e4t.errors import NotFound
@@ -403,6 +409,8 @@ def worker_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--vision", str(Path(args.vision).expanduser().resolve())]
     if getattr(args, "train_vision", False):
         argv.append("--train-vision")
+    if getattr(args, "paired_views", None) is not None:
+        argv.append("--paired-views" if args.paired_views else "--no-paired-views")
     return argv
 
 
