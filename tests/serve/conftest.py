@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import io
+import socket
 import threading
+import uuid
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,39 @@ def served(tiny_base_dir, tiny_pack_path, tmp_path_factory):
     s.client.wait_ready(60)
     yield s
     s.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible HTTP server (moto in server mode) on a free port: its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:  # a fixed free port, so a test can stop the server and start it again there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield S3(server, f"http://127.0.0.1:{port}", port)
+    server.stop()
+
+
+class S3:
+    def __init__(self, server, endpoint: str, port: int) -> None:
+        self.server, self.endpoint, self.port = server, endpoint, port
+        self.options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}
+
+    def client(self):
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        )
+
+    def new_bucket(self) -> str:
+        name = f"concepts-{uuid.uuid4().hex[:12]}"
+        self.client().create_bucket(Bucket=name)
+        return name
