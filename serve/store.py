@@ -187,11 +187,14 @@ class ConceptStore:
             return fn(*args)
         except (NotFound, InvalidInput, StoreCorrupt, FileNotFoundError):
             raise
-        except (OSError, ConnectionError, TimeoutError) as e:
-            raise StoreUnavailable(f"the concept store {self.url} cannot be reached: {e}") from e
-        except Exception as e:  # botocore and aiohttp raise their own types for a store that went away
-            if type(e).__module__.split(".")[0] in ("botocore", "aiobotocore", "aiohttp", "s3fs"):
-                raise StoreUnavailable(f"the concept store {self.url} cannot be reached: {e}") from e
+        except Exception as e:
+            # botocore and aiohttp raise their own types for a store that went away
+            if isinstance(e, (OSError, ConnectionError, TimeoutError)) or type(e).__module__.split(".")[0] in (
+                "botocore", "aiobotocore", "aiohttp", "s3fs"
+            ):  # fmt: skip
+                # where the store is and why it failed go to the log, not to clients
+                logger.error("concept store %s cannot be reached: %s", self.url, e)
+                raise StoreUnavailable("the concept store cannot be reached; retry later.") from e
             raise
 
     # ---- the index
@@ -241,6 +244,11 @@ class ConceptStore:
     def __contains__(self, concept_id: str) -> bool:
         return concept_id in self._index
 
+    def count(self, owner: str | None = None) -> int:
+        """Concepts in the index (of `owner` when given); `refresh` first for other replicas' writes."""
+        with self._lock:
+            return sum(1 for r in self._index.values() if owner is None or r.owner == owner)
+
     # ---- concepts
 
     def put(self, concept: Concept) -> ConceptRecord:
@@ -265,7 +273,8 @@ class ConceptStore:
         try:
             record, sha256 = _parse_entry(concept_id, data)
         except Exception as e:
-            raise StoreCorrupt(f"stored concept {concept_id} has an unreadable entry in {self.url}: {e}") from e
+            logger.error("concept store %s: entry of %s is unreadable: %s", self.url, concept_id, e)
+            raise StoreCorrupt(f"stored concept {concept_id} has an unreadable entry; it is not served.") from e
         with self._lock:
             self._index[concept_id] = record
         return record, sha256
@@ -288,7 +297,7 @@ class ConceptStore:
         except FileNotFoundError:
             if not self._guard(self.blobs.exists, concept_id + ENTRY_SUFFIX):  # deleted meanwhile
                 raise NotFound(f"concept {concept_id} does not exist.") from None
-            raise StoreCorrupt(f"stored concept {concept_id} has an entry but no data in {self.url}.") from None
+            raise StoreCorrupt(f"stored concept {concept_id} has an entry but no data; it is not served.") from None
         actual = hashlib.sha256(data).hexdigest()
         if actual != sha256:
             logger.error("concept store: %s%s fails its checksum (%s, expected %s)", concept_id, SUFFIX, actual, sha256)
@@ -299,7 +308,8 @@ class ConceptStore:
         try:
             return Concept.from_bytes(data)
         except InvalidInput as e:  # the server's blob is broken, not the client's request
-            raise StoreCorrupt(f"stored concept {concept_id} could not be loaded: {e}") from e
+            logger.error("concept store %s: %s passed its checksum but does not load: %s", self.url, concept_id, e)
+            raise StoreCorrupt(f"stored concept {concept_id} could not be loaded; it is not served.") from e
 
     def list(
         self,
