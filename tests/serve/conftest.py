@@ -15,6 +15,7 @@ from PIL import Image
 from serve.client import E4TClient
 from serve.engine import Engine
 from serve.server import create_server, stop_server
+from serve.store import ConceptStore
 
 
 def _png(size: tuple[int, int] = (48, 48), seed: int = 60) -> bytes:
@@ -32,8 +33,19 @@ def png():
 class Served:
     """A started server and a client to it; `gate` holds model loading back until set."""
 
-    def __init__(self, base_dir: Path, pack_path: Path, store: Path, *, queue_size: int = 4, gated: bool = False):
+    def __init__(
+        self,
+        base_dir: Path,
+        pack_path: Path,
+        store: Path | ConceptStore,
+        *,
+        queue_size: int = 4,
+        gated: bool = False,
+        client: dict | None = None,
+        **server_kwargs,
+    ):
         self.store = store
+        self._clients: list[E4TClient] = []
         self.gate = threading.Event()
         if not gated:
             self.gate.set()
@@ -44,12 +56,19 @@ class Served:
                 raise TimeoutError("the test never opened the loading gate")
             return load()
 
-        self.server, self.port = create_server(loader, "127.0.0.1:0", max_workers=8)
+        self.server, self.port = create_server(loader, "127.0.0.1:0", max_workers=8, **server_kwargs)
         self.address = f"127.0.0.1:{self.port}"
-        self.client = E4TClient(self.address, timeout=120)
+        self.client = self.connect(**(client or {}))
+
+    def connect(self, **kwargs) -> E4TClient:
+        """Another client to this server (`token=`, `tls_ca=`...); closed with the server."""
+        client = E4TClient(self.address if "tls_ca" not in kwargs else f"localhost:{self.port}", timeout=120, **kwargs)
+        self._clients.append(client)
+        return client
 
     def close(self) -> None:
-        self.client.close()
+        for client in self._clients:
+            client.close()
         self.gate.set()
         stop_server(self.server, grace=1.0)
 
