@@ -85,9 +85,15 @@ def _check_store(state: ServerState) -> None:
     state.set_status(ok_status if ok else not_ok)
 
 
+# diffusers/transformers build models under process-global "empty weights" contexts: two loads at
+# once in one process (two servers, as in tests) break each other, so loads take turns
+_LOAD_LOCK = threading.Lock()
+
+
 def _load(state: ServerState, loader: Callable[[], Engine], health_interval: float) -> None:
     try:
-        engine = loader()
+        with _LOAD_LOCK:
+            engine = loader()
         state.servicer.set_engine(engine)
         _check_store(state)
         logger.info("models loaded; serving %s", ", ".join(d.name for d in engine.domains()))

@@ -79,7 +79,7 @@ def make_served(tiny_base_dir, tiny_pack_path, tmp_path):
     started: list[Served] = []
 
     def make(store: Path | None = None, **kwargs) -> Served:
-        served = Served(tiny_base_dir, tiny_pack_path, store or tmp_path / "store", **kwargs)
+        served = Served(tiny_base_dir, tiny_pack_path, store if store is not None else tmp_path / "store", **kwargs)
         started.append(served)
         return served
 
