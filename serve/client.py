@@ -182,13 +182,17 @@ class E4TClient:
         )
         if steps is not None:
             request.steps = steps
+        concept = None
+        # read the stream to its end: leaving after the concept would cancel an RPC that succeeded
         for event in self.stub.Personalize(request, timeout=self.timeout):
             if event.HasField("concept"):
-                return concept_dict(event.concept)
-            if on_progress is not None:
+                concept = concept_dict(event.concept)
+            elif on_progress is not None:
                 p = event.progress
                 on_progress(p.step, p.total, p.loss, p.stage)
-        raise RuntimeError("the server ended the Personalize stream without a concept.")
+        if concept is None:
+            raise RuntimeError("the server ended the Personalize stream without a concept.")
+        return concept
 
     def generate(
         self,
