@@ -2,7 +2,7 @@
 
 Launch (one process, CPU; the embedded base is small enough that one machine suffices):
 
-    e4t pretrain base --shards shards/faces --shards shards/art --out models/base --preset default
+    e4t pretrain base --shards shards/faces --shards shards/art --out models/base --preset described
 
 The recipe is a list of stages. Each one writes into `OUT/work/<stage>/`, checkpoints while
 it trains (rerunning after a kill resumes from the last checkpoint), and stamps itself
@@ -128,10 +128,23 @@ PRESETS: dict[str, BaseTrainConfig] = {
         sample_per_prompt=1,
         num_threads=1,
     ),
-    "default": BaseTrainConfig(),
-    # with pretrain.arch.DESCRIBED: the identity-describing world (README); 4000 UNet steps measured worse than default
-    "described": BaseTrainConfig(vae_steps=2000, unet_describe_share=0.7, unet_snr_gamma=5.0, unet_steps=4000),
+    "plain": BaseTrainConfig(),  # with pretrain.arch.PLAIN, on 2 CPU cores
+    # with pretrain.arch.DESCRIBED, the shipped world (README, "The embedded world"): captions name the
+    # identity's attributes; batch 512 wants a GPU (about 3 minutes of UNet steps on one H100)
+    "described": BaseTrainConfig(
+        vae_steps=3000,
+        vae_batch_size=64,
+        unet_steps=1500,
+        unet_batch_size=512,
+        unet_lr=1e-3,
+        unet_warmup=300,
+        unet_describe_share=0.7,
+        unet_snr_gamma=5.0,
+        checkpoint_every=500,
+    ),
 }
+# The second schedule of the shipped world, started from the first one's base (`init_from`).
+PRESETS["described-continue"] = replace(PRESETS["described"], unet_steps=900, unet_lr=5e-4, unet_warmup=100)
 _TRAIN_KEYS = ("grad_clip", "weight_decay", "seed")
 
 
