@@ -52,9 +52,18 @@ class CountingHandler:
             return True
         self.count += 1
         if len(self.errors) < self.log_first:
-            self.errors.append(f"{type(exn).__name__}: {exn}")
-            logger.warning("skipping bad sample (%d so far): %s: %s", self.count, type(exn).__name__, exn)
+            self.errors.append(describe_error(exn))
+            logger.warning("skipping bad sample (%d so far): %s", self.count, self.errors[-1])
         return True
+
+
+def describe_error(exn: BaseException) -> str:
+    """One line for a bad sample; webdataset's DecodingError says nothing itself, its cause and fields do."""
+    if isinstance(exn, wds.autodecode.DecodingError):
+        cause = exn.__cause__
+        reason = f"{type(cause).__name__}: {cause}" if cause is not None else "undecodable"
+        return f"sample {exn.key!r} ({exn.k}) of {exn.url}: {reason}"
+    return f"{type(exn).__name__}: {exn}"
 
 
 def shard_urls(directory: str | Path) -> list[str]:
