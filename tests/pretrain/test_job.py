@@ -190,3 +190,23 @@ def test_a_killed_two_process_run_resumes_on_the_unkilled_loss_curve(
     pack, ref_pack = load_pack(out, base), load_pack(reference, base)
     assert pack.step == steps and pack.training["world_size"] == 2
     assert pack.training["bad_samples"] == ref_pack.training["bad_samples"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("stage", "precision", "accum"), [("0", "bf16", "2"), ("1", "fp32", "1")])
+def test_zero_stages_precisions_and_accumulation_train(
+    tiny_base_dir, corrupt_shards, tmp_path, pretrain_domain_cmd, stage, precision, accum
+):
+    out = tmp_path / "faces.safetensors"
+    options = ["--steps", "3", "--zero-stage", stage, "--precision", precision, "--grad-accum", accum]
+    run(pretrain_domain_cmd(tiny_base_dir, corrupt_shards, out, *options))
+    pack = load_pack(out, load_base(tiny_base_dir))
+    config = pack.training["config"]
+    assert (config["zero_stage"], config["grad_accum"], pack.training["precision"]) == (
+        int(stage),
+        int(accum),
+        precision,
+    )
+    losses = read_loss_log(out.with_suffix(".work") / "loss.jsonl")
+    assert [line["step"] for line in losses] == [1, 2, 3] and all(0 < line["loss"] < 10 for line in losses)
+    assert any(v.abs().sum() > 0 for v in pack.offsets.values()), "the offsets must have trained"
