@@ -307,7 +307,7 @@ def train_domain(
             engine.step()
             sums += torch.tensor([loss.item(), parts["diffusion"], parts.get("embedding_l2", 0.0)], device=device)
         step += 1
-        figures = torch.cat([sums / (cfg.grad_accum * world), torch.tensor([pipe.handler.count], device=device)])
+        figures = torch.cat([sums / (cfg.grad_accum * world), torch.tensor([float(pipe.handler.count)], device=device)])
         torch.distributed.all_reduce(figures)  # one small collective a step: the means and the bad-sample total
         mean_loss, diffusion, embedding_l2, bad = figures.tolist()
         bad_samples = int(bad)

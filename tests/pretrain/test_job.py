@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from e4t import load_base, load_pack
-from pretrain.checkpoint import checkpoint_tags, read_loss_log
+from pretrain.checkpoint import LossLog, checkpoint_tags, prune_checkpoints, read_loss_log
 from pretrain.domain import DomainTrainConfig, add_arguments, config_from_args, stale_checkpoints, worker_argv
 from shards.reader import CountingHandler, make_loader, make_pipeline, shard_urls
 
@@ -122,6 +122,33 @@ def test_job_options_reach_the_ranks_and_bad_values_are_usage_errors():
             config_from_args(parser.parse_args([*base, *bad]))
     with pytest.raises(SystemExit):
         parser.parse_args([*base, "--zero-stage", "3"])
+
+
+def test_pruning_keeps_the_newest_tags_and_a_resumed_loss_log_drops_what_the_killed_run_did_not_save(tmp_path):
+    for step in (2, 4, 10, 6, 8):
+        (tmp_path / f"step{step}").mkdir()
+    (tmp_path / "tensorboard").mkdir()
+    assert prune_checkpoints(tmp_path, 2) == ["step2", "step4", "step6"]
+    assert checkpoint_tags(tmp_path) == ["step8", "step10"] and (tmp_path / "tensorboard").is_dir()
+    with pytest.raises(ValueError, match="at least 1"):
+        prune_checkpoints(tmp_path, 0)
+
+    log = LossLog(tmp_path / "loss.jsonl", 0)
+    for step in range(1, 6):
+        log.write(step=step, loss=float(step))
+    log.close()
+    with (tmp_path / "loss.jsonl").open("a") as f:
+        f.write('{"step": 6, "lo')  # a line cut by SIGKILL
+    assert [line["step"] for line in read_loss_log(tmp_path / "loss.jsonl")] == [1, 2, 3, 4, 5]
+    resumed = LossLog(tmp_path / "loss.jsonl", 3)  # the checkpoint was at step 3
+    resumed.write(step=4, loss=0.5)
+    resumed.close()
+    assert [(line["step"], line["loss"]) for line in read_loss_log(tmp_path / "loss.jsonl")] == [
+        (1, 1.0),
+        (2, 2.0),
+        (3, 3.0),
+        (4, 0.5),
+    ]
 
 
 def popen(cmd):
