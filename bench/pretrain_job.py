@@ -5,17 +5,17 @@ Three `e4t pretrain domain` runs and one resume, all measured in one go on the s
 - `killed`: the same run SIGKILLed (launcher and ranks) once a checkpoint past a quarter of the
   steps is written, then resumed: its loss at every step against `two`'s (relative difference);
 - `one`: 1 process x batch 2B, the same global batch and samples seen: its mean training loss
-  against `two`'s, and the diffusion loss of both trained packs on the same fixed held-out batch
-  (same images, noise and timesteps), beside the untrained pack's, so that the ratio is read
-  against how far training moved the loss.
+  against `two`'s, and the diffusion loss of both trained packs on one fixed batch (the first
+  samples of the pretraining split, unaugmented, noise and timesteps from seed 0), beside the
+  untrained pack's, so that the ratio is read against how far training moved that loss.
 Uses the embedded base and faces shards of the pretraining split rendered into a temp folder,
 unless --base/--shards. Last line: JSON.
 
     python bench/pretrain_job.py [--base DIR --shards DIR] [--steps 100] [--batch 4]
 
 The per-step training loss of a diffusion model is noisy (each sample draws its own timestep and
-noise), so the mean-training-loss ratio comes with its standard error; the held-out ratio, on
-shared noise, is the sharp comparison.
+noise), so the mean-training-loss ratio comes with its standard error; the fixed-batch ratio, on
+shared noise, compares the two trained packs directly.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def run_killed(cmd: list[str], work: Path, after_step: int) -> int:
     return int(latest.read_text().strip()[4:])
 
 
-def heldout_loss(base_dir: Path, shards: Path, pack_path: Path | None, samples: int) -> float:
+def fixed_batch_loss(base_dir: Path, shards: Path, pack_path: Path | None, samples: int) -> float:
     """Diffusion loss of a pack on the first `samples` pretraining samples, with noise drawn from seed 0."""
     from e4t import load_base, load_pack
     from e4t.objective import E4TObjective, LossWeights
@@ -121,7 +121,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch", type=int, default=4, help="per-process batch of the 2-process runs")
     parser.add_argument("--checkpoint-every", type=int, default=10)
-    parser.add_argument("--heldout", type=int, default=128, help="samples of the fixed held-out loss")
+    parser.add_argument("--fixed-batch", type=int, default=128, help="samples of the fixed-batch loss")
     args = parser.parse_args()
 
     from e4t.embedded import default_paths
@@ -160,10 +160,10 @@ def main() -> int:
     ]
     ratio_se = mean_two / mean_one * (rel_se[0] ** 2 + rel_se[1] ** 2) ** 0.5
 
-    heldout = {
-        "untrained": heldout_loss(base, shards, None, args.heldout),
-        "one": heldout_loss(base, shards, tmp / "one.safetensors", args.heldout),
-        "two": heldout_loss(base, shards, tmp / "two.safetensors", args.heldout),
+    fixed = {
+        "untrained": fixed_batch_loss(base, shards, None, args.fixed_batch),
+        "one": fixed_batch_loss(base, shards, tmp / "one.safetensors", args.fixed_batch),
+        "two": fixed_batch_loss(base, shards, tmp / "two.safetensors", args.fixed_batch),
     }
     result = {
         "steps": args.steps,
@@ -174,16 +174,16 @@ def main() -> int:
         "resume_steps_compared": len(after),
         "two_over_one_mean_train_loss": mean_two / mean_one,
         "two_over_one_mean_train_loss_se": ratio_se,
-        "two_over_one_heldout_loss": heldout["two"] / heldout["one"],
-        "heldout_loss": {k: round(v, 5) for k, v in heldout.items()},
-        "trained_over_untrained_heldout_loss": heldout["two"] / heldout["untrained"],
+        "two_over_one_fixed_batch_loss": fixed["two"] / fixed["one"],
+        "fixed_batch_loss": {k: round(v, 5) for k, v in fixed.items()},
+        "trained_over_untrained_fixed_batch_loss": fixed["two"] / fixed["untrained"],
         "two_over_one_seconds": seconds["two"] / seconds["one"],
         "work": str(tmp),
     }
     print(f"resumed at step {killed_at}: loss within {max(rel):.2e} of the unkilled run's at every later step")
     print(
         f"2 x {args.batch} vs 1 x {2 * args.batch}: mean training loss ratio {mean_two / mean_one:.3f} "
-        f"(± {ratio_se:.3f}), held-out loss ratio {heldout['two'] / heldout['one']:.4f}"
+        f"(± {ratio_se:.3f}), fixed-batch loss ratio {fixed['two'] / fixed['one']:.4f}"
     )
     print(json.dumps(result))
     return 0
