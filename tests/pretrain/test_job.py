@@ -220,7 +220,8 @@ def test_a_killed_two_process_run_resumes_on_the_unkilled_loss_curve(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("stage", "precision", "accum"), [("0", "bf16", "2"), ("1", "fp32", "1")])
+# stage 2 is the kill test's; stage 1 runs DeepSpeed's same optimizer class with gradients unsharded
+@pytest.mark.parametrize(("stage", "precision", "accum"), [("0", "bf16", "2")])
 def test_zero_stages_precisions_and_accumulation_train(
     tiny_base_dir, corrupt_shards, tmp_path, pretrain_domain_cmd, stage, precision, accum
 ):
