@@ -62,8 +62,8 @@ class DomainTrainConfig:
     freeze_vision: bool = True
     split: str = "pretrain"
     # the diffusion target is another view of the input's identity, so that the encoder must encode identity,
-    # not pose; off for the shipped packs (README: not yet measured on a base that can draw identities)
-    paired_views: bool = False
+    # not pose (with the input itself as target, the offsets can copy the input's layout instead)
+    paired_views: bool = True
     # rank 0 scores the encoder's 0-step guess on held-out subjects every `track_every` steps (0: never)
     track_every: int = 100
     track_subjects: int = 4
@@ -455,6 +455,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="fine-tune the --vision tower too (default: frozen; the pack then refers to the folder by hash)",
     )
+    p.add_argument(
+        "--paired-views",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="denoise another view of the input's identity (default: on); --no-paired-views denoises the input itself",
+    )
     p.add_argument("--work", help="checkpoint folder (default: OUT with the suffix .work)")
     p.add_argument(
         "--restart-stale",
@@ -468,7 +474,8 @@ _OVERRIDES = ("steps", "batch_size", "grad_accum", "zero_stage", "precision", "c
 
 def config_from_args(args: argparse.Namespace) -> DomainTrainConfig:
     cfg = DomainTrainConfig.preset(args.preset)
-    for name in _OVERRIDES:  # getattr: `e4t pretrain embedded` passes a namespace of its own, without some
+    # getattr: `e4t pretrain embedded` passes a namespace of its own, without some
+    for name in (*_OVERRIDES, "paired_views"):  # paired_views reaches the ranks as a flag (worker_argv)
         if getattr(args, name, None) is not None:
             setattr(cfg, name, getattr(args, name))
     cfg.check()
@@ -506,6 +513,8 @@ def worker_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--vision", str(Path(args.vision).expanduser().resolve())]
     if getattr(args, "train_vision", False):
         argv.append("--train-vision")
+    if getattr(args, "paired_views", None) is not None:
+        argv.append("--paired-views" if args.paired_views else "--no-paired-views")
     return argv
 
 
