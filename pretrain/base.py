@@ -2,7 +2,7 @@
 
 Launch (one process, CPU; the embedded base is small enough that one machine suffices):
 
-    e4t pretrain base --shards shards/faces --shards shards/art --out models/base --preset described
+    e4t pretrain base --shards shards/faces --shards shards/art --out models/base --preset plain
 
 The recipe is a list of stages. Each one writes into `OUT/work/<stage>/`, checkpoints while
 it trains (rerunning after a kill resumes from the last checkpoint), and stamps itself
@@ -129,8 +129,8 @@ PRESETS: dict[str, BaseTrainConfig] = {
         num_threads=1,
     ),
     "plain": BaseTrainConfig(),  # with pretrain.arch.PLAIN, on 2 CPU cores
-    # with pretrain.arch.DESCRIBED, the shipped world (README, "The embedded world"): captions name the
-    # identity's attributes; batch 512 wants a GPU (about 3 minutes of UNet steps on one H100)
+    # with pretrain.arch.DESCRIBED (README, "The described world, measured"): captions name the identity's
+    # attributes; batch 512 wants a GPU (about 6 minutes of UNet steps on one H100)
     "described": BaseTrainConfig(
         vae_steps=3000,
         vae_batch_size=64,

@@ -1,6 +1,6 @@
 """`e4t pretrain ...`: training jobs. `base` trains the embedded base from scratch.
 
-e4t pretrain base --shards shards/faces --out models/base --preset described
+e4t pretrain base --shards shards/faces --out models/base --preset plain
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     base.add_argument(
         "--preset",
         choices=("tiny", "plain", "described", "described-continue"),
-        default="described",
-        help="training config and architecture preset; `described` (what ships): captions that name identities, "
-        "`described-continue`: its second schedule, with --init-from; `plain`: class-word captions only, "
-        "sized for a CPU (default: %(default)s)",
+        default="plain",
+        help="training config and architecture preset; `plain` (what ships): class-word captions, sized for a CPU; "
+        "`described`: captions that name identities (batch 512, for a GPU), `described-continue`: its second "
+        "schedule, with --init-from (default: %(default)s)",
     )
     base.add_argument(
         "--init-from",

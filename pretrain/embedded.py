@@ -25,6 +25,7 @@ class EmbeddedRecipe:
     views: int = 4
     size: int = 64
     seed: int = 0
+    base_unet_steps: int = 5000
     domain_steps: int = 1200
     domain_batch_size: int = 8
 
@@ -78,9 +79,7 @@ def build_embedded(
 ) -> dict:
     import argparse
 
-    import torch
-
-    from pretrain.arch import DESCRIBED
+    from pretrain.arch import PLAIN
     from pretrain.base import BaseTrainConfig, train_base
     from pretrain.domain import launch
     from shards.synth import DOMAINS
@@ -93,17 +92,14 @@ def build_embedded(
     shard_dirs = {d: _synth(d, work / "shards" / d, recipe) for d in DOMAINS}
     timings["shards_s"] = round(time.time() - t, 1)
 
-    # 2. the base: the described world in two schedules, the second started from the first; exported
-    # without work files. Both share the tokenizer, VAE and latent stages (same keys), so they run once.
+    # 2. the base, trained on the base split of all domains, exported without work files
     t = time.time()
-    shards = list(shard_dirs.values())
-    common = dict(dtype="float16", data_workers=6 if torch.cuda.is_available() else 0)
-    first = train_base(shards, work / "base-1", arch=DESCRIBED, cfg=BaseTrainConfig.preset("described", **common))
-    for stage in ("1-tokenizer", "2-vae", "3-latents"):
-        if not (work / "base" / "work" / stage).is_dir():
-            shutil.copytree(first / "work" / stage, work / "base" / "work" / stage)
-    cfg = BaseTrainConfig.preset("described-continue", init_from=str(first), **common)
-    trained = train_base(shards, work / "base", arch=DESCRIBED, cfg=cfg)
+    trained = train_base(
+        list(shard_dirs.values()),
+        work / "base",
+        arch=PLAIN,
+        cfg=BaseTrainConfig.preset("plain", unet_steps=recipe.base_unet_steps, sample_every=1000),
+    )
     _export_base(trained, artifacts / "base")
     timings["base_s"] = round(time.time() - t, 1)
 
