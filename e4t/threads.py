@@ -8,8 +8,10 @@ the cores, every region waits for a descheduled thread (a scheduler slice, milli
 instead of microseconds, and generation slowed 30-50x instead of the 2x a fair share explains.
 Fewer threads than cores, and sleeping instead of spinning, make it degrade with the CPU share.
 
-`prepare_env()` must run before `torch` is imported (libgomp reads its environment when it is
-loaded); `configure()` then sets the thread counts. Neither imports torch at module level.
+The wait policy has to be in the environment before `torch` is imported (libgomp reads it once,
+when it loads; importing `e4t` imports torch): the `e4t` command sets OMP_WAIT_POLICY=PASSIVE
+unless the environment says otherwise (`cli.prepare_process`). `configure()` sets the thread
+counts and reports both.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,17 +79,6 @@ def parse_threads(value: str | int | None, what: str) -> int | None:
     if threads < 1:
         raise ValueError(f"{what} has to be at least 1 but is {threads}.")
     return threads
-
-
-def prepare_env() -> str:
-    """Make OpenMP sleep instead of spin while waiting, unless the environment already says otherwise.
-
-    Returns the policy now in effect. Too late once torch is imported: then says so and changes nothing.
-    """
-    if "torch" in sys.modules:
-        return os.environ.get(WAIT_POLICY, "ACTIVE (default)") + " (torch was imported first)"
-    os.environ.setdefault(WAIT_POLICY, "PASSIVE")
-    return os.environ[WAIT_POLICY]
 
 
 def configure(threads: int | str | None = None) -> ThreadSettings:
