@@ -6,7 +6,9 @@ Measured in this one run, as ratios where the shared machine makes absolute seco
   server batches them) vs the same 8 sent one at a time; `mixed_speedup_8`: the same for 8
   DIFFERENT concepts; `mixed_vs_same_8`: throughput of the mixed batch / the same-concept batch.
 - `cold_concept_ms`: with `--stored-concepts` (1,000) in the store, the extra latency of a
-  Generate naming a concept not yet in the memory cache over a cached one.
+  Generate naming a concept not yet in the memory cache over a cached one: the engine's concept
+  lookup timed in process (the only step that differs), and end to end over gRPC
+  (`cold_concept_grpc_ms`, within the noise of a whole Generate on a shared machine).
 - `grpc_overhead`: one Generate over gRPC / the same on an in-process `Engine` (same thread settings).
 - `contention_slowdown`: the demo's generation (4 images, 25 steps) beside a competing CPU-bound
   PyTorch process (torch's default threads, same niceness) / alone.
@@ -130,16 +132,30 @@ def measure_batching(client, concepts: list[str], steps: int, repeats: int) -> d
 
 
 def measure_cold(client, cold_ids: list[str], hot_id: str, steps: int) -> dict:
+    """End to end over gRPC: a Generate naming a concept never used yet vs one naming a cached concept."""
     kw = dict(num_images=1, steps=steps)
     timed_generate(client, f"a photo of {{{hot_id}}}", **kw)
     hot, cold = [], []
-    for concept_id in cold_ids:
+    for concept_id in tqdm(cold_ids, desc="cold vs cached concept", file=sys.stderr):
         hot.append(timed_generate(client, f"a photo of {{{hot_id}}}", **kw))
         cold.append(timed_generate(client, f"a photo of {{{concept_id}}}", **kw))
-    return {"cold_concept_ms": round(1000 * (statistics.median(cold) - statistics.median(hot)), 1)}
+    return {"cold_concept_grpc_ms": round(1000 * (statistics.median(cold) - statistics.median(hot)), 1)}
 
 
-def measure_grpc_overhead(client, store: Path, concept: str, args: argparse.Namespace) -> dict:
+def measure_cold_load(engine, cold_ids: list[str]) -> dict:
+    """The part of a request that differs: `Engine.load_concept` from the store vs from the memory cache."""
+
+    def timed(concept_id: str) -> float:
+        start = time.perf_counter()
+        engine.load_concept(concept_id)
+        return time.perf_counter() - start
+
+    cold = [timed(i) for i in cold_ids]
+    hot = [timed(i) for i in cold_ids]
+    return {"cold_concept_ms": round(1000 * (statistics.median(cold) - statistics.median(hot)), 2)}
+
+
+def measure_grpc_overhead(client, store: Path, concept: str, args: argparse.Namespace, cold_ids: list[str]) -> dict:
     from e4t.embedded import default_paths
     from e4t.threads import configure
     from serve.engine import Engine
@@ -148,9 +164,10 @@ def measure_grpc_overhead(client, store: Path, concept: str, args: argparse.Name
     base, packs = default_paths()
     engine = Engine.load(base, packs, store, max_batch=args.max_batch)
     prompt, kw = f"a photo of {{{concept}}} on the beach", dict(num_images=1, steps=args.steps)
+    cold = measure_cold_load(engine, cold_ids) if cold_ids else {}
     try:
         grpc_s, local_s = [], []
-        for i in tqdm(range(args.repeats * 3), desc="gRPC vs in-process", file=sys.stderr):
+        for i in tqdm(range(args.repeats * 5), desc="gRPC vs in-process", file=sys.stderr):
             grpc_s.append(timed_generate(client, prompt, seed=i, **kw))
             start = time.perf_counter()
             engine.generate(prompt, seed=i, **kw)
@@ -158,6 +175,7 @@ def measure_grpc_overhead(client, store: Path, concept: str, args: argparse.Name
     finally:
         engine.close(30)
     return {
+        **cold,
         "grpc_generate_ms": round(1000 * statistics.median(grpc_s), 1),
         "inprocess_generate_ms": round(1000 * statistics.median(local_s), 1),
         "grpc_overhead": round(statistics.median(grpc_s) / statistics.median(local_s), 3),
@@ -167,7 +185,9 @@ def measure_grpc_overhead(client, store: Path, concept: str, args: argparse.Name
 def measure_contention(client, concept: str, repeats: int) -> dict:
     prompt = f"a photo of {{{concept}}} on the beach"
     alone = [timed_generate(client, prompt, num_images=4, steps=25) for _ in range(repeats)]
-    competitor = subprocess.Popen([sys.executable, "-c", COMPETITOR])
+    # torch's defaults in the competitor, whatever this process was told
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "E4T_THREADS")}
+    competitor = subprocess.Popen([sys.executable, "-c", COMPETITOR], env=env)
     try:
         time.sleep(2)  # let it get busy
         busy = [timed_generate(client, prompt, num_images=4, steps=25) for _ in range(repeats)]
@@ -283,6 +303,7 @@ def main() -> int:
     from serve.client import E4TClient
 
     result: dict = {"clients": args.clients, "steps": args.steps, "max_batch": args.max_batch}
+    cold_ids: list[str] = []
     with tempfile.TemporaryDirectory(prefix="serve_load_") as tmp:
         store = Path(tmp) / "store"
         proc, address = start_server(store, args)
@@ -290,7 +311,8 @@ def main() -> int:
             with E4TClient(address, timeout=600) as client:
                 client.wait_ready(180)
                 concepts = []
-                for i in tqdm(range(8), desc="personalize 8 subjects", file=sys.stderr):
+                subjects = 1 if {"batching", "load"} <= skip else 8
+                for i in tqdm(range(subjects), desc=f"personalize {subjects} subjects", file=sys.stderr):
                     domain = ("faces", "cats")[i % 2]
                     start = time.perf_counter()
                     concepts.append(client.personalize(subject_png(domain, 100 + i), domain, steps=5)["id"])
@@ -307,11 +329,12 @@ def main() -> int:
                 proc, address = start_server(store, args)
                 with E4TClient(address, timeout=600) as client:
                     client.wait_ready(180)
-                    result.update(measure_cold(client, cold_ids[: 3 * args.repeats], concepts[1], args.steps))
+                    result.update(measure_cold(client, cold_ids[: 5 * args.repeats], concepts[1], args.steps))
                     result["stored_concepts"] = len(list(store.glob("c_*.safetensors")))
             if "grpc" not in skip:
+                unused = cold_ids[5 * args.repeats :][:50]  # never named by a request: not in any cache
                 with E4TClient(address, timeout=600) as client:
-                    result.update(measure_grpc_overhead(client, store, concepts[0], args))
+                    result.update(measure_grpc_overhead(client, store, concepts[0], args, unused))
             if "load" not in skip:
                 duration = args.soak_minutes * 60 or args.duration_s
                 result.update(run_load(address, proc.pid, list(concepts), args, duration))
