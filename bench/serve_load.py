@@ -269,14 +269,16 @@ def run_load(address: str, pid: int, concepts: list[str], args: argparse.Namespa
 
 
 def fill_store(store: Path, concept_id: str, count: int) -> list[str]:
-    """`count` copies of one stored concept under new ids (the store then holds that many)."""
-    from e4t.concept import Concept, new_concept_id
+    """`count` copies of one stored concept under new ids, stored as the server stores them."""
+    from e4t.concept import new_concept_id
+    from serve.store import ConceptStore
 
-    concept = Concept.load(store / f"{concept_id}.safetensors")
+    concepts = ConceptStore(store)
+    concept = concepts.load(concept_id)
     ids = []
     for _ in tqdm(range(count), desc="filling the store", file=sys.stderr):
         concept.id = new_concept_id()
-        concept.save(store / f"{concept.id}.safetensors")
+        concepts.put(concept)
         ids.append(concept.id)
     return ids
 
@@ -330,7 +332,7 @@ def main() -> int:
                 with E4TClient(address, timeout=600) as client:
                     client.wait_ready(180)
                     result.update(measure_cold(client, cold_ids[: 5 * args.repeats], concepts[1], args.steps))
-                    result["stored_concepts"] = len(list(store.glob("c_*.safetensors")))
+                    result["stored_concepts"] = len(list(store.glob("c_*.json")))
             if "grpc" not in skip:
                 unused = cold_ids[5 * args.repeats :][:50]  # never named by a request: not in any cache
                 with E4TClient(address, timeout=600) as client:

@@ -53,8 +53,9 @@ class E4TObjective:
 
     def noise(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> NoisedBatch:
         vae = self.base.vae
+        pixels = pixels.to(vae.device)  # batches come from the CPU reader; the encoder reads these too
         with torch.no_grad():
-            posterior = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+            posterior = vae.encode(pixels.to(vae.dtype)).latent_dist
             latents = posterior.sample(generator) * vae.config.scaling_factor
         noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
         steps = self.noise_scheduler.config.num_train_timesteps
@@ -92,7 +93,7 @@ class E4TObjective:
         prediction = base.unet(batch.noisy, batch.timesteps, encoder_hidden_states=states).sample
         error = F.mse_loss(prediction.float(), batch.target.float(), reduction="none")
         if mask is not None:
-            m = F.interpolate(mask, size=error.shape[-2:], mode="bilinear", align_corners=False)
+            m = F.interpolate(mask.to(error.device), size=error.shape[-2:], mode="bilinear", align_corners=False)
             diffusion = (error * m).sum() / (m.sum() * error.shape[1]).clamp(min=1.0)
         else:
             diffusion = error.mean()

@@ -2,7 +2,7 @@
 
 Launch (one process, CPU; the embedded base is small enough that one machine suffices):
 
-    e4t pretrain base --shards shards/faces --shards shards/art --out models/base --preset default
+    e4t pretrain base --shards shards/faces --shards shards/art --out models/base --preset plain
 
 The recipe is a list of stages. Each one writes into `OUT/work/<stage>/`, checkpoints while
 it trains (rerunning after a kill resumes from the last checkpoint), and stamps itself
@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from e4t.base import folder_hash
 from pretrain import checkpoint as ck
 from pretrain.arch import (
     DEFAULT,
@@ -45,7 +46,7 @@ from pretrain.arch import (
     save_pipeline,
 )
 from pretrain.arch import train_tokenizer as _train_bpe
-from shards.reader import make_pipeline, shard_urls
+from shards.reader import make_loader, make_pipeline, shard_urls
 from shards.synth import DOMAINS, described_caption, training_caption
 from shards.writer import sha256_file
 
@@ -71,6 +72,9 @@ class BaseTrainConfig:
     unet_snr_gamma: float = 0.0  # min-SNR loss weighting (Hang et al. 2023); 0 turns it off
     unet_ema: bool = True
     unet_ema_max_decay: float = 0.999
+    # a shipped pipeline folder whose UNet and text encoder start the UNet stage instead of random weights
+    # (a longer schedule on top of a finished one); it counts by its content, not its path
+    init_from: str = ""
     grad_clip: float = 1.0
     weight_decay: float = 1e-2
     seed: int = 0
@@ -78,6 +82,8 @@ class BaseTrainConfig:
     checkpoint_every: int = 200
     sample_every: int = 0
     num_threads: int = 0  # 0: os.cpu_count(); fewer when other jobs share the cores (oversubscription is slow)
+    device: str = "auto"  # "auto": the first CUDA device when there is one, else the CPU
+    data_workers: int = 0  # reader processes for the VAE stage (a GPU outruns one reader)
     # What the shipped folder holds, and how samples.png is drawn.
     dtype: str = "float32"
     sample_steps: int = 25
@@ -85,11 +91,19 @@ class BaseTrainConfig:
     guidance_scale: float = 7.5
 
     def __post_init__(self) -> None:
+        if self.device != "auto" and not self.device.startswith(("cpu", "cuda")):
+            raise ValueError(f"`device` must be 'auto', 'cpu' or 'cuda[:N]' but is {self.device!r}.")
         if self.dtype not in ("float32", "float16"):
             raise ValueError(f"`dtype` must be 'float32' or 'float16' but is {self.dtype!r}.")
         for name in ("vae_steps", "unet_steps", "vae_batch_size", "unet_batch_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be a positive integer but is {getattr(self, name)}.")
+
+    @property
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
 
     def subset(self, *prefixes: str) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name.startswith(prefixes)}
@@ -114,10 +128,23 @@ PRESETS: dict[str, BaseTrainConfig] = {
         sample_per_prompt=1,
         num_threads=1,
     ),
-    "default": BaseTrainConfig(),
-    # with pretrain.arch.DESCRIBED: the identity-describing world (README); 4000 UNet steps measured worse than default
-    "described": BaseTrainConfig(vae_steps=2000, unet_describe_share=0.7, unet_snr_gamma=5.0, unet_steps=4000),
+    "plain": BaseTrainConfig(),  # with pretrain.arch.PLAIN, on 2 CPU cores
+    # with pretrain.arch.DESCRIBED (README, "The described world, measured"): captions name the identity's
+    # attributes; batch 512 wants a GPU (about 6 minutes of UNet steps on one H100)
+    "described": BaseTrainConfig(
+        vae_steps=3000,
+        vae_batch_size=64,
+        unet_steps=1500,
+        unet_batch_size=512,
+        unet_lr=1e-3,
+        unet_warmup=300,
+        unet_describe_share=0.7,
+        unet_snr_gamma=5.0,
+        checkpoint_every=500,
+    ),
 }
+# The second schedule of the shipped world, started from the first one's base (`init_from`).
+PRESETS["described-continue"] = replace(PRESETS["described"], unet_steps=900, unet_lr=5e-4, unet_warmup=100)
 _TRAIN_KEYS = ("grad_clip", "weight_decay", "seed")
 
 
@@ -148,6 +175,8 @@ def train_base(
     urls = [u for d in dirs for u in shard_urls(d)]
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
+    if cfg.torch_device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     try:
         return _train_stages(out, inputs, manifests, _Data(urls, arch, cfg), arch, cfg, progress, callback)
     finally:
@@ -198,7 +227,7 @@ def _train_stages(
 
     # 3. latent cache and whitened VAE: the whole base split encoded once; the UNet stage reads only this
     cache_key = ck.config_hash({"stage": 3, "vae": vae_key, "whiten": "per-channel", "metas": 1})
-    cache_dir = run_stage("3-latents", cache_key, lambda d: _stage_latents(d, data, vae, progress))
+    cache_dir = run_stage("3-latents", cache_key, lambda d: _stage_latents(d, data, vae, cfg.torch_device, progress))
     vae = AutoencoderKL.from_pretrained(cache_dir / "vae")
 
     # 4. UNet and text encoder, jointly, from scratch
@@ -209,6 +238,7 @@ def _train_stages(
             "latents": cache_key,
             "arch": arch.to_json(),
             "cfg": cfg.subset("unet_", *_TRAIN_KEYS),
+            **({"init_from": folder_hash(cfg.init_from)} if cfg.init_from else {}),
         }
     )
     unet_dir = run_stage(
@@ -277,16 +307,12 @@ class _Data:
         )
 
     def forever(self, batch_size: int, seed: int) -> Iterator[dict]:
+        kw = dict(batch_size=batch_size, image_size=self.arch.image_size, splits=["base"], resampled=True, shuffle=1000)
         while True:  # resampled streams are endless; this loop only guards against an early end
-            yield from make_pipeline(
-                self.urls,
-                batch_size=batch_size,
-                image_size=self.arch.image_size,
-                splits=["base"],
-                resampled=True,
-                shuffle=1000,
-                seed=seed,
-            )
+            if self.cfg.data_workers:
+                yield from make_loader(self.urls, num_workers=self.cfg.data_workers, seed=seed, **kw)
+            else:
+                yield from make_pipeline(self.urls, seed=seed, **kw)
             seed += 1
 
 
@@ -320,12 +346,13 @@ def _stage_vae(
     callback: StepCallback | None,
 ) -> dict[str, Any]:
     ck.seed_everything(cfg.seed)
-    vae = build_vae(arch)
+    device = cfg.torch_device
+    vae = build_vae(arch).to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=cfg.weight_decay)
     sched = get_cosine_schedule_with_warmup(opt, cfg.vae_warmup, cfg.vae_steps)
 
     def loss_fn(batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        x = batch["pixels"]
+        x = batch["pixels"].to(device, non_blocking=True)
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
         mse, l1 = F.mse_loss(rec, x), F.l1_loss(rec, x)
@@ -351,18 +378,21 @@ def _stage_vae(
     return logs
 
 
-def _stage_latents(stage_dir: Path, data: _Data, vae: AutoencoderKL, progress: bool) -> dict[str, Any]:
+def _stage_latents(
+    stage_dir: Path, data: _Data, vae: AutoencoderKL, device: torch.device, progress: bool
+) -> dict[str, Any]:
     """Encode the base split once, then whiten the VAE with the exact statistics of what it encoded."""
     means, stds, captions, metas = [], [], [], []
-    vae.eval()
+    vae.eval().to(device)
     with torch.no_grad():
         for batch in tqdm(data.once(64), desc="3-latents", disable=not progress):
-            dist = vae.encode(batch["pixels"]).latent_dist
-            means.append(dist.mean)
-            stds.append(dist.std)
+            dist = vae.encode(batch["pixels"].to(device)).latent_dist
+            means.append(dist.mean.cpu())
+            stds.append(dist.std.cpu())
             captions += batch["caption"]
             metas += batch["meta"]
     mean, std = torch.cat(means), torch.cat(stds)
+    vae.cpu()
     # Per channel, over samples and positions, of z = mean + std * eps.
     shift = mean.mean((0, 2, 3))
     scale = (mean.var((0, 2, 3)) + std.pow(2).mean((0, 2, 3))).sqrt()
@@ -412,17 +442,23 @@ def _stage_unet(
     callback: StepCallback | None,
 ) -> dict[str, Any]:
     ck.seed_everything(cfg.seed)
-    cache = load_file(cache_dir / "latents.safetensors")
+    device = cfg.torch_device
+    cache = load_file(cache_dir / "latents.safetensors", device=str(device))
     mean, std, scale = cache["mean"], cache["std"], vae.config.scaling_factor
     metas = json.loads((cache_dir / "metas.json").read_text())
 
     def tokenize(texts: list[str]) -> torch.Tensor:
         return tokenizer(
             texts, padding="max_length", max_length=arch.max_tokens, truncation=True, return_tensors="pt"
-        ).input_ids
+        ).input_ids.to(device)
 
     empty = tokenize([""])
-    unet, text_encoder = build_unet(arch), build_text_encoder(arch, tokenizer)
+    if cfg.init_from:
+        unet, text_encoder = _initial_weights(Path(cfg.init_from), tokenizer, arch)
+    else:
+        unet, text_encoder = build_unet(arch), build_text_encoder(arch, tokenizer)
+    unet, text_encoder = unet.to(device), text_encoder.to(device)
+    vae.to(device)  # previews only
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=cfg.weight_decay)
     sched = get_cosine_schedule_with_warmup(opt, cfg.unet_warmup, cfg.unet_steps)
@@ -432,6 +468,7 @@ def _stage_unet(
     snr = noise_sched.alphas_cumprod / (1 - noise_sched.alphas_cumprod)
     # min-SNR-gamma for epsilon prediction: min(SNR, gamma) / SNR; no weighting when gamma is 0
     weight = (snr.clamp(max=cfg.unet_snr_gamma) / snr) if cfg.unet_snr_gamma > 0 else torch.ones_like(snr)
+    weight = weight.to(device)
 
     def batches(start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + start)  # a resumed run draws fresh batches
@@ -439,14 +476,14 @@ def _stage_unet(
         while True:
             idx = torch.randint(len(metas), (cfg.unet_batch_size,), generator=g)
             tokens = tokenize([training_caption(metas[i], rng, cfg.unet_describe_share) for i in idx.tolist()])
-            drop = torch.rand(len(idx), generator=g) < cfg.unet_caption_dropout
-            yield idx, torch.where(drop[:, None], empty, tokens)
+            drop = (torch.rand(len(idx), generator=g) < cfg.unet_caption_dropout).to(device)
+            yield idx.to(device), torch.where(drop[:, None], empty, tokens)
 
     def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         idx, tokens = batch
         latents = (mean[idx] + std[idx] * torch.randn_like(mean[idx])) * scale
         noise = torch.randn_like(latents)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),))
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), device=device)
         cond = text_encoder(tokens)[0]
         pred = unet(noise_sched.add_noise(latents, noise, t), t, cond).sample
         mse = F.mse_loss(pred, noise, reduction="none").mean((1, 2, 3))
@@ -477,10 +514,26 @@ def _stage_unet(
     )
     if ema is not None:
         ema.copy_to(params)
-    unet.save_pretrained(stage_dir / "unet", safe_serialization=True)
-    text_encoder.save_pretrained(stage_dir / "text_encoder", safe_serialization=True)
+    unet.cpu().save_pretrained(stage_dir / "unet", safe_serialization=True)
+    text_encoder.cpu().save_pretrained(stage_dir / "text_encoder", safe_serialization=True)
+    vae.cpu()
     (stage_dir / "ckpt.pt").unlink(missing_ok=True)
     return logs
+
+
+def _initial_weights(
+    folder: Path, tokenizer: CLIPTokenizer, arch: BaseArch
+) -> tuple[UNet2DConditionModel, CLIPTextModel]:
+    """The UNet and text encoder of an earlier base, after checking that they fit this stage's tokenizer and arch."""
+    if not (folder / "model_index.json").is_file():
+        raise FileNotFoundError(f"`init_from` should be a pipeline folder with model_index.json but {folder} is not.")
+    if CLIPTokenizer.from_pretrained(folder / "tokenizer").get_vocab() != tokenizer.get_vocab():
+        raise ValueError(f"`init_from` {folder} was trained with another tokenizer than this stage's.")
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32)
+    text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", torch_dtype=torch.float32)
+    if (tuple(unet.config.block_out_channels), unet.config.in_channels) != (arch.unet_channels, arch.latent_channels):
+        raise ValueError(f"`init_from` {folder} has another UNet than {arch}.")
+    return unet, text_encoder
 
 
 def _preview(
@@ -499,7 +552,7 @@ def _preview(
         ema.store(params)
         ema.copy_to(params)
     unet.eval(), text_encoder.eval()
-    pipe = build_pipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, unet=unet)
+    pipe = build_pipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, unet=unet).to(unet.device)
     prompts = json.loads((cache_dir / "prompts.json").read_text())
     sample_grid(
         pipe,

@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import random
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +47,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
 
 
 def capture_rng() -> dict[str, Any]:
-    """State of every global RNG a training step may draw from (python, numpy, torch)."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """State of every global RNG a training step may draw from (python, numpy, torch, and the
+    current CUDA device's, where the step's noise is drawn when it runs there)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
 
 
 def restore_rng(state: dict[str, Any]) -> None:
@@ -57,6 +63,72 @@ def restore_rng(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+_TAG = re.compile(r"step(\d+)")
+
+
+def checkpoint_tags(work: str | Path) -> list[str]:
+    """DeepSpeed checkpoint tags (`step<N>` folders) in `work`, oldest first."""
+    work = Path(work)
+    if not work.is_dir():
+        return []
+    found = [(int(m.group(1)), d.name) for d in work.iterdir() if d.is_dir() and (m := _TAG.fullmatch(d.name))]
+    return [name for _, name in sorted(found)]
+
+
+def prune_checkpoints(work: str | Path, keep: int) -> list[str]:
+    """Delete all but the newest `keep` tags; returns the deleted ones.
+
+    Call after a save has succeeded on every rank: the newest tag is the one `latest` names,
+    so a kill at any point leaves a complete checkpoint behind.
+    """
+    if keep < 1:
+        raise ValueError(f"`keep` must be at least 1 but is {keep}.")
+    old = checkpoint_tags(work)[:-keep]
+    for tag in old:
+        shutil.rmtree(Path(work) / tag)
+    return old
+
+
+class LossLog:
+    """Per-step figures of a run as JSON lines (WORK/loss.jsonl), flushed every step.
+
+    A resumed run first drops the lines past its checkpoint (the killed run got further than
+    what it saved), so that the file reads as one uninterrupted run.
+    """
+
+    def __init__(self, path: str | Path, resume_step: int) -> None:
+        self.path = Path(path)
+        kept = [line for line in read_loss_log(self.path) if line["step"] <= resume_step] if resume_step else []
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("w")
+        for line in kept:
+            self._file.write(json.dumps(line) + "\n")
+        self._file.flush()
+
+    def write(self, **figures: Any) -> None:
+        self._file.write(json.dumps(figures) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_loss_log(path: str | Path) -> list[dict[str, Any]]:
+    """The lines of a `LossLog`; a last line cut by a kill is left out."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines = []
+    for raw in path.read_text().splitlines():
+        try:
+            lines.append(json.loads(raw))
+        except json.JSONDecodeError:
+            break
+    return lines
 
 
 def seed_everything(seed: int) -> None:

@@ -1,6 +1,6 @@
 """`e4t pretrain ...`: training jobs. `base` trains the embedded base from scratch.
 
-e4t pretrain base --shards shards/faces --out models/base --preset default
+e4t pretrain base --shards shards/faces --out models/base --preset plain
 """
 
 from __future__ import annotations
@@ -27,11 +27,20 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     base.add_argument("--out", required=True, type=Path, metavar="BASE_DIR", help="output pipeline folder")
     base.add_argument(
         "--preset",
-        choices=("tiny", "default", "described"),
-        default="default",
-        help="training config and architecture preset; `described`: captions that name identities (README) "
-        "(default: %(default)s)",
+        choices=("tiny", "plain", "described", "described-continue"),
+        default="plain",
+        help="training config and architecture preset; `plain` (what ships): class-word captions, sized for a CPU; "
+        "`described`: captions that name identities (batch 512, for a GPU), `described-continue`: its second "
+        "schedule, with --init-from (default: %(default)s)",
     )
+    base.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        metavar="BASE_DIR",
+        help="start the UNet stage from this earlier base's UNet and text encoder (same tokenizer and arch)",
+    )
+    base.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when there is one)")
     base.add_argument("--steps", type=int, default=None, metavar="N", help="override the UNet training steps")
     base.add_argument("--vae-steps", type=int, default=None, metavar="N", help="override the VAE training steps")
     base.add_argument("--dtype", choices=("float32", "float16"), default=None, help="dtype of the saved weights")
@@ -99,10 +108,17 @@ def _run_base(args: argparse.Namespace) -> int:
     from pretrain.arch import ARCHS
     from pretrain.base import BaseTrainConfig, train_base
 
-    given = {"unet_steps": args.steps, "vae_steps": args.vae_steps, "dtype": args.dtype, "num_threads": args.threads}
+    given = {
+        "unet_steps": args.steps,
+        "vae_steps": args.vae_steps,
+        "dtype": args.dtype,
+        "num_threads": args.threads,
+        "device": args.device,
+        "init_from": str(args.init_from) if args.init_from else None,
+    }
     overrides = {k: v for k, v in given.items() if v is not None}
     cfg = BaseTrainConfig.preset(args.preset, **overrides)
-    arch = ARCHS[args.preset]
+    arch = ARCHS[args.preset.removesuffix("-continue")]
     out = train_base(args.shards, args.out, arch=arch, cfg=cfg, progress=not args.no_progress)
     info = json.loads((out / "embedded.json").read_text())
     print(f"base written to {out} (stage seconds: {info.get('timings')}); samples: {out / 'samples.png'}")

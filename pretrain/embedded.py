@@ -79,7 +79,7 @@ def build_embedded(
 ) -> dict:
     import argparse
 
-    from pretrain.arch import DEFAULT
+    from pretrain.arch import PLAIN
     from pretrain.base import BaseTrainConfig, train_base
     from pretrain.domain import launch
     from shards.synth import DOMAINS
@@ -97,8 +97,8 @@ def build_embedded(
     trained = train_base(
         list(shard_dirs.values()),
         work / "base",
-        arch=DEFAULT,
-        cfg=BaseTrainConfig.preset("default", unet_steps=recipe.base_unet_steps, sample_every=1000),
+        arch=PLAIN,
+        cfg=BaseTrainConfig.preset("plain", unet_steps=recipe.base_unet_steps, sample_every=1000),
     )
     _export_base(trained, artifacts / "base")
     timings["base_s"] = round(time.time() - t, 1)

@@ -325,7 +325,12 @@ def degrade(
     from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
     base = StableDiffusionPipeline.from_pretrained(
-        base_dir, local_files_only=True, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        base_dir,
+        local_files_only=True,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+        torch_dtype=torch.float32,  # a base shipped in float16 computes in float32 on the CPU
     )
     components = {**base.components, "scheduler": DDIMScheduler.from_config(base.scheduler.config)}
     pipe = StableDiffusionImg2ImgPipeline(**components)

@@ -6,13 +6,19 @@
         for index, seed, image in client.generate(f"a photo of {{{concept['id']}}} on the beach", num_images=2):
             image.save(f"{index}.png")
 
-Errors are `grpc.RpcError`s carrying the server's status code and message.
+    # a server with tokens and TLS (the token may also come from $E4T_TOKEN)
+    E4TClient("e4t.example.com:443", token="e4t_...", tls_ca="ca.pem")
+
+Errors are `grpc.RpcError`s carrying the server's status code and message; every call sends
+an `x-request-id` (the server echoes it in the trailing metadata and logs it).
 """
 
 from __future__ import annotations
 
 import io
+import os
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Self
@@ -50,24 +56,73 @@ def concept_dict(info: pb2.ConceptInfo) -> dict[str, Any]:
     }
 
 
-class E4TClient:
-    """One channel to an e4t server; `timeout` (seconds) is the deadline of every call."""
+TOKEN_ENV = "E4T_TOKEN"
 
-    def __init__(self, address: str, timeout: float | None = 300.0, *, max_message_bytes: int = 64 * 1024 * 1024):
+
+def _read(path: str | Path | None) -> bytes | None:
+    return None if path is None else Path(path).read_bytes()
+
+
+class _Metadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds the bearer token and a fresh request id to every call of the E4T service."""
+
+    def __init__(self, token: str | None) -> None:
+        self.token = token
+
+    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        metadata = list(details.metadata or [])
+        if not any(k == "x-request-id" for k, _ in metadata):
+            metadata.append(("x-request-id", uuid.uuid4().hex))
+        if self.token:
+            metadata.append(("authorization", f"Bearer {self.token}"))
+        return details._replace(metadata=metadata)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+
+class E4TClient:
+    """One channel to an e4t server; `timeout` (seconds) is the deadline of every call.
+
+    `token`: bearer token (default: $E4T_TOKEN); `tls_ca`: the CA (PEM) that signed the server's
+    certificate, which turns TLS on; `tls_cert`/`tls_key`: this client's certificate for mTLS.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        timeout: float | None = 300.0,
+        *,
+        token: str | None = None,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        max_message_bytes: int = 64 * 1024 * 1024,
+    ):
         self.address = address
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.max_receive_message_length", max_message_bytes),
-            ],
-        )
+        token = token if token is not None else os.environ.get(TOKEN_ENV)
+        options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
+        if (tls_cert is None) != (tls_key is None):
+            raise ValueError("Give `tls_cert` and `tls_key` together (a client certificate needs its key).")
+        if tls_ca is not None or tls_cert is not None:
+            credentials = grpc.ssl_channel_credentials(_read(tls_ca), _read(tls_key), _read(tls_cert))
+            channel = grpc.secure_channel(address, credentials, options=options)
+        else:
+            channel = grpc.insecure_channel(address, options=options)
+        self._raw_channel = channel
+        self.channel = grpc.intercept_channel(channel, _Metadata(token))
         self.stub = pb2_grpc.E4TStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
     def close(self) -> None:
-        self.channel.close()
+        self._raw_channel.close()
 
     def __enter__(self) -> Self:
         return self
@@ -127,13 +182,17 @@ class E4TClient:
         )
         if steps is not None:
             request.steps = steps
+        concept = None
+        # read the stream to its end: leaving after the concept would cancel an RPC that succeeded
         for event in self.stub.Personalize(request, timeout=self.timeout):
             if event.HasField("concept"):
-                return concept_dict(event.concept)
-            if on_progress is not None:
+                concept = concept_dict(event.concept)
+            elif on_progress is not None:
                 p = event.progress
                 on_progress(p.step, p.total, p.loss, p.stage)
-        raise RuntimeError("the server ended the Personalize stream without a concept.")
+        if concept is None:
+            raise RuntimeError("the server ended the Personalize stream without a concept.")
+        return concept
 
     def generate(
         self,

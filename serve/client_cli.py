@@ -4,6 +4,9 @@ e4t client domains
 e4t client personalize me.png --domain faces [--method e4t|textual_inversion|dreambooth] [--steps N] [--mask mask.png]
 e4t client generate --prompt "a photo of {c_0123456789ab} on the beach" --out out/ [--num-images 4]
 e4t client list [--domain faces] | get ID | delete ID
+
+A server with tokens: --token TOKEN or $E4T_TOKEN; with TLS: --tls-ca ca.pem (and
+--tls-cert/--tls-key for a client certificate).
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="e4t client", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--address", default="localhost:50051", help="server host:port")
     p.add_argument("--timeout", type=float, default=300.0, help="deadline of each call, seconds")
+    p.add_argument("--token", help="bearer token (default: $E4T_TOKEN)")
+    p.add_argument("--tls-ca", type=Path, help="CA certificate (PEM) of the server: connect with TLS")
+    p.add_argument("--tls-cert", type=Path, help="client certificate (PEM), for servers that require one")
+    p.add_argument("--tls-key", type=Path, help="client private key (PEM)")
     sub = p.add_subparsers(dest="command", required=True)
 
     sub.add_parser("domains", help="list the domains the server can personalize")
@@ -56,7 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     from serve.client import E4TClient
 
-    with E4TClient(args.address, timeout=args.timeout) as client:
+    client = E4TClient(
+        args.address, timeout=args.timeout, token=args.token, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )  # fmt: skip
+    with client:
         if args.command == "domains":
             print(json.dumps(client.list_domains(), indent=2))
         elif args.command == "personalize":
@@ -112,6 +123,6 @@ def main(argv: list[str]) -> int:
     except grpc.RpcError as e:
         print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
         return 1
-    except OSError as e:  # unreadable image or unwritable output folder
+    except (OSError, ValueError) as e:  # unreadable image or certificate, unwritable output folder
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -34,6 +34,7 @@ from e4t.concept import Concept
 from e4t.errors import InvalidInput, NotFound
 from e4t.generate import PreparedPrompt, generate_samples, prepare_prompt
 from e4t.methods import METHODS, TUNERS
+from serve import metrics
 from serve.errors import Cancelled, DeadlineExceeded, QueueFull
 from serve.limits import (
     CONCEPT_ID_RE,
@@ -241,13 +242,14 @@ class Engine:
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
         self._worker = threading.Thread(target=self._work, name="e4t-model-worker", daemon=True)
         self._worker.start()
+        metrics.watch_queue(self, self._queue.qsize)
 
     @classmethod
     def load(
         cls,
         base_path: str | Path,
         pack_paths: list[str | Path],
-        store_root: str | Path,
+        store_root: str | Path | ConceptStore,
         *,
         limits: Limits | None = None,
         queue_size: int = 16,
@@ -264,7 +266,8 @@ class Engine:
                 raise ValueError(f"Expected one pack per domain but got two for {pack.domain!r} (second: {path}).")
             packs[pack.domain] = pack
             logger.info("loaded pack %s: domain %s, hash %s", path, pack.domain, pack.hash)
-        return cls(base, packs, ConceptStore(store_root), limits=limits, queue_size=queue_size, **options)
+        store = store_root if isinstance(store_root, ConceptStore) else ConceptStore(store_root)
+        return cls(base, packs, store, limits=limits, queue_size=queue_size, **options)
 
     # ---- the model worker
 
@@ -398,11 +401,11 @@ class Engine:
         return self.store.get(check_concept_id(concept_id))
 
     def list_concepts(
-        self, domain: str = "", page_size: int = 0, page_token: str = ""
+        self, domain: str = "", page_size: int = 0, page_token: str = "", *, owner: str | None = None
     ) -> tuple[list[ConceptRecord], str]:
         page_size = page_size or DEFAULT_PAGE_SIZE
         check_range("page_size", page_size, 1, self.limits.max_page_size)
-        return self.store.list(domain or None, page_size, page_token)
+        return self.store.list(domain or None, page_size, page_token, owner=owner)
 
     def delete_concept(self, concept_id: str) -> ConceptRecord:
         record = self.store.delete(check_concept_id(concept_id))

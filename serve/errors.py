@@ -19,4 +19,39 @@ class NotReady(ServeError):
     """The server is still loading its models."""
 
 
-__all__ = ["Cancelled", "DeadlineExceeded", "NotReady", "QueueFull", "ServeError"]
+class StoreCorrupt(ServeError):
+    """A stored concept fails its checksum or does not parse: DATA_LOSS, never served."""
+
+
+class StoreUnavailable(ServeError):
+    """The concept store cannot be reached (object storage down, volume unmounted)."""
+
+
+class Unauthenticated(ServeError):
+    """No bearer token, or one the server does not know."""
+
+
+class PermissionDenied(ServeError):
+    """A valid tenant asked for something only another tenant may do."""
+
+
+class RateLimited(ServeError):
+    """A tenant is over its rate or quota; `retry_after_s` says when to try again (None: not by waiting)."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+__all__ = [
+    "Cancelled",
+    "DeadlineExceeded",
+    "NotReady",
+    "PermissionDenied",
+    "QueueFull",
+    "RateLimited",
+    "ServeError",
+    "StoreCorrupt",
+    "StoreUnavailable",
+    "Unauthenticated",
+]

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import io
 import re
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from PIL import Image
 
 from e4t.errors import InvalidInput
+from serve.errors import RateLimited
 
 DEFAULT_PERSONALIZE_STEPS = 5
 # tuning steps when a request leaves them unset, per personalization method
@@ -153,3 +157,42 @@ def check_prompt(
     n = count_prompt_tokens(tokenizer, prompt, concept_ids)
     if n > max_tokens:
         raise InvalidInput(f"`{what}` has to be at most {max_tokens} tokens but has {n}.")
+
+
+@dataclass(frozen=True)
+class TenantLimits:
+    """Per tenant: a token bucket over every E4T RPC, and a quota of stored concepts (0: none)."""
+
+    rate: float = 0.0  # requests per second, refilled continuously; 0 = unlimited
+    burst: int = 10  # requests allowed at once after an idle spell
+    max_concepts: int = 0
+
+
+class RateLimiter:
+    """Token buckets per tenant; thread-safe. `acquire` raises RateLimited with the wait that would succeed."""
+
+    def __init__(self, limits: TenantLimits, clock: Callable[[], float] = time.monotonic) -> None:
+        if limits.rate < 0 or limits.burst < 1:
+            raise ValueError(f"rate has to be >= 0 and burst >= 1 but are {limits.rate} and {limits.burst}.")
+        self.limits = limits
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._buckets: dict[str, tuple[float, float]] = {}  # tenant -> (tokens, at)
+
+    def acquire(self, tenant: str) -> None:
+        if self.limits.rate == 0:
+            return
+        rate, burst = self.limits.rate, float(self.limits.burst)
+        with self._lock:
+            now = self._clock()
+            tokens, at = self._buckets.get(tenant, (burst, now))
+            tokens = min(burst, tokens + (now - at) * rate)
+            if tokens < 1.0:
+                self._buckets[tenant] = (tokens, now)
+                wait = (1.0 - tokens) / rate
+                raise RateLimited(
+                    f"tenant {tenant or '(open)'} is over its rate of {rate:g} requests/s "
+                    f"(burst {self.limits.burst}); retry after {wait:.2f} s.",
+                    retry_after_s=wait,
+                )
+            self._buckets[tenant] = (tokens - 1.0, now)

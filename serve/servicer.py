@@ -1,7 +1,11 @@
-"""The `e4t.v1.E4T` servicer: protobuf -> plain Python -> engine -> protobuf, nothing more.
+"""The `e4t.v1.E4T` servicer: protobuf -> plain Python -> engine -> protobuf, plus the per-call policy.
 
-Exceptions become status codes in ONE place, `_status_of`; anything unexpected
-is INTERNAL with a generic message and a logged traceback (never the internals).
+Every RPC goes through `_rpc`, which in ONE place: takes or makes its request id (metadata
+`x-request-id`, echoed in the trailing metadata), authenticates its tenant (when the server has
+tokens), applies the tenant's rate limit, maps exceptions to status codes, records metrics, and
+logs one JSON line. Anything unexpected is INTERNAL with a generic message and a logged traceback
+(never the internals). Another tenant's concept is NOT_FOUND with the very message a missing one
+gets, so ids cannot be probed.
 """
 
 from __future__ import annotations
@@ -9,27 +13,55 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import time
+import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
+import e4t
 from e4t.errors import InvalidInput, NotFound
+from serve import metrics
 from serve.api import pb2, pb2_grpc
+from serve.auth import TokenAuth
 from serve.engine import Engine, Job
-from serve.errors import Cancelled, DeadlineExceeded, NotReady, QueueFull
+from serve.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    NotReady,
+    PermissionDenied,
+    QueueFull,
+    RateLimited,
+    StoreCorrupt,
+    StoreUnavailable,
+    Unauthenticated,
+)
+from serve.limits import CONCEPT_ID_RE, RateLimiter, TenantLimits
 from serve.store import ConceptRecord
 
 logger = logging.getLogger(__name__)
+request_log = logging.getLogger("serve.requests")
 
 _STATUS: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (RateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),  # before Cancelled: it is a subclass
     (Cancelled, grpc.StatusCode.CANCELLED),
     (NotReady, grpc.StatusCode.UNAVAILABLE),
+    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (StoreCorrupt, grpc.StatusCode.DATA_LOSS),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
 ]
+REQUEST_ID = "x-request-id"
+# the standard gRPC retry pushback trailer, and a plain one for clients without a retry policy
+RETRY_PUSHBACK = "grpc-retry-pushback-ms"
+RETRY_AFTER = "retry-after-ms"
+QUEUE_FULL_RETRY_MS = 1000
 
 
 def _status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -40,32 +72,96 @@ def _status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "internal error; see the server log."
 
 
-def _rpc(method: Callable) -> Callable:
-    """Maps the exceptions of one RPC (unary or streaming) to a status on its context."""
+@dataclass
+class Call:
+    """What the policy knows about one RPC; the methods get it as their third argument."""
 
-    def fail(context: grpc.ServicerContext, error: BaseException) -> None:
+    rpc: str
+    request_id: str
+    start: float
+    tenant: str | None = None  # None: an open server (no tokens), where every concept is visible
+    code: str = "OK"
+
+
+def _request_id(context: grpc.ServicerContext) -> str:
+    for key, value in context.invocation_metadata():
+        if key == REQUEST_ID and 0 < len(value) <= 128 and value.isprintable():
+            return value
+    return uuid.uuid4().hex
+
+
+def _rpc(method: Callable) -> Callable:
+    """Wraps one RPC (unary or streaming) in the per-call policy."""
+    name = method.__name__
+
+    def begin(self: E4TServicer, context: grpc.ServicerContext) -> Call:
+        call = Call(name, _request_id(context), time.monotonic())
+        context.set_trailing_metadata(((REQUEST_ID, call.request_id),))
+        metrics.IN_FLIGHT.labels(name).inc()
+        return call
+
+    def admit(self: E4TServicer, call: Call, context: grpc.ServicerContext) -> None:
+        if self.auth is not None:
+            call.tenant = self.auth.authenticate(context)
+        self.limiter.acquire(call.tenant or "")
+
+    def fail(context: grpc.ServicerContext, call: Call, error: BaseException) -> None:
         code, message = _status_of(error)
+        call.code = code.name
         if code == grpc.StatusCode.INTERNAL:
-            logger.exception("%s failed", method.__name__, exc_info=error)
+            logger.exception("%s failed (request %s)", name, call.request_id, exc_info=error)
+        trailers = [(REQUEST_ID, call.request_id)]
+        retry_s = getattr(error, "retry_after_s", None)
+        if isinstance(error, QueueFull):
+            retry_s = QUEUE_FULL_RETRY_MS / 1000
+        if retry_s is not None:
+            ms = str(max(1, round(retry_s * 1000)))
+            trailers += [(RETRY_PUSHBACK, ms), (RETRY_AFTER, ms)]
+        if isinstance(error, RateLimited):
+            metrics.RATE_LIMITED.labels("rate" if retry_s is not None else "quota").inc()
+        context.set_trailing_metadata(tuple(trailers))
         context.abort(code, message)
 
-    if method.__name__ in ("Personalize", "Generate"):
+    def finish(call: Call) -> None:
+        elapsed = time.monotonic() - call.start
+        metrics.IN_FLIGHT.labels(name).dec()
+        metrics.RPC_LATENCY.labels(name, call.code).observe(elapsed)
+        if call.code != "OK":
+            metrics.ERRORS.labels(name, call.code).inc()
+        request_log.info(
+            "rpc",
+            extra={"rpc": name, "request_id": call.request_id, "tenant": call.tenant, "code": call.code,
+                   "duration_ms": round(elapsed * 1000, 2)},
+        )  # fmt: skip
+
+    if name in ("Personalize", "Generate"):
 
         @functools.wraps(method)
         def stream(self: E4TServicer, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            call = begin(self, context)
             try:
-                yield from method(self, request, context)
+                admit(self, call, context)
+                yield from method(self, request, context, call)
+            except GeneratorExit:  # the client went away mid-stream
+                call.code = "CANCELLED"
+                raise
             except Exception as e:  # every error becomes a status, here and only here
-                fail(context, e)
+                fail(context, call, e)
+            finally:
+                finish(call)
 
         return stream
 
     @functools.wraps(method)
     def unary(self: E4TServicer, request: Any, context: grpc.ServicerContext) -> Any:
+        call = begin(self, context)
         try:
-            return method(self, request, context)
+            admit(self, call, context)
+            return method(self, request, context, call)
         except Exception as e:  # every error becomes a status, here and only here
-            fail(context, e)
+            fail(context, call, e)
+        finally:
+            finish(call)
 
     return unary
 
@@ -96,10 +192,19 @@ def _follow(job: Job, context: grpc.ServicerContext) -> Iterator[tuple[str, Any]
 
 
 class E4TServicer(pb2_grpc.E4TServicer):
-    """Serves one engine; until `set_engine` is called every RPC is UNAVAILABLE."""
+    """Serves one engine; until `set_engine` is called every RPC is UNAVAILABLE.
 
-    def __init__(self, engine: Engine | None = None) -> None:
+    `auth`: tokens that map to tenants (None: open, one implicit tenant that sees everything);
+    `tenant_limits`: each tenant's rate and concept quota.
+    """
+
+    def __init__(
+        self, engine: Engine | None = None, *, auth: TokenAuth | None = None, tenant_limits: TenantLimits | None = None
+    ) -> None:
         self._engine = engine
+        self.auth = auth
+        self.tenant_limits = tenant_limits or TenantLimits()
+        self.limiter = RateLimiter(self.tenant_limits)
 
     def set_engine(self, engine: Engine) -> None:
         self._engine = engine
@@ -120,8 +225,17 @@ class E4TServicer(pb2_grpc.E4TServicer):
         # without a deadline gRPC reports the distance to "infinite future": treat as none
         return None if remaining is None or remaining > 1e6 else remaining
 
+    def _owned(self, call: Call, concept_id: str) -> ConceptRecord:
+        """The record of a concept the caller's tenant may see; another tenant's is NotFound, word for word."""
+        record = self.engine.get_concept(concept_id)
+        if call.tenant is not None and record.owner != call.tenant:
+            raise NotFound(f"concept {concept_id} does not exist.")
+        return record
+
     @_rpc
-    def ListDomains(self, request: pb2.ListDomainsRequest, context: grpc.ServicerContext) -> pb2.ListDomainsResponse:
+    def ListDomains(
+        self, request: pb2.ListDomainsRequest, context: grpc.ServicerContext, call: Call
+    ) -> pb2.ListDomainsResponse:
         engine = self.engine
         domains = [
             pb2.DomainInfo(name=d.name, class_word=d.class_word, pack_hash=d.pack_hash, methods=list(d.methods))
@@ -130,26 +244,58 @@ class E4TServicer(pb2_grpc.E4TServicer):
         return pb2.ListDomainsResponse(domains=domains, base_hash=engine.base.hash)
 
     @_rpc
-    def Personalize(self, request: pb2.PersonalizeRequest, context: grpc.ServicerContext) -> Iterator[Any]:
-        job = self.engine.submit_personalize(
+    def Personalize(self, request: pb2.PersonalizeRequest, context: grpc.ServicerContext, call: Call) -> Iterator[Any]:
+        engine = self.engine
+        owner = request.owner
+        if call.tenant is not None:
+            if owner not in ("", call.tenant):
+                raise PermissionDenied(f"`owner` has to be empty or your tenant {call.tenant!r} but is {owner!r}.")
+            owner = call.tenant
+        quota = self.tenant_limits.max_concepts
+        if quota:
+            engine.store.refresh()  # other replicas' concepts count too
+            held = engine.store.count(owner=call.tenant)
+            if held >= quota:
+                raise RateLimited(
+                    f"tenant {call.tenant or '(open)'} holds {held} concepts, its quota is {quota}; "
+                    "delete some before personalizing more."
+                )
+        job = engine.submit_personalize(
             request.image,
             request.mask,
             request.domain,
             request.method,
             _optional(request, "steps"),
             _optional(request, "seed"),
-            request.owner,
+            owner,
             timeout=self._timeout(context),
         )
+        submitted = time.monotonic()
+        tuning_from = saving_from = None
         for kind, payload in _follow(job, context):
+            now = time.monotonic()
             if kind == "progress":
                 step, total, loss, stage = payload
+                if stage in ("tuning", "saving") and tuning_from is None:
+                    tuning_from = now
+                    metrics.STAGE_LATENCY.labels(call.rpc, "wait").observe(now - submitted)
+                if stage == "saving" and saving_from is None:
+                    saving_from = now
+                    metrics.STAGE_LATENCY.labels(call.rpc, "tune").observe(now - tuning_from)
                 yield pb2.PersonalizeEvent(progress=pb2.Progress(step=step, total=total, loss=loss, stage=stage))
             elif kind == "done":
+                metrics.STAGE_LATENCY.labels(call.rpc, "save").observe(now - (saving_from or submitted))
+                metrics.CONCEPTS_TUNED.labels(payload.method, payload.domain).inc()
                 yield pb2.PersonalizeEvent(concept=concept_info(payload))
 
     @_rpc
-    def Generate(self, request: pb2.GenerateRequest, context: grpc.ServicerContext) -> Iterator[Any]:
+    def Generate(self, request: pb2.GenerateRequest, context: grpc.ServicerContext, call: Call) -> Iterator[Any]:
+        # another tenant's concept in a prompt is NOT_FOUND, before anything is queued
+        for concept_id in dict.fromkeys(
+            e4t.find_concept_ids(request.prompt) + e4t.find_concept_ids(request.negative_prompt)
+        ):
+            if CONCEPT_ID_RE.fullmatch(concept_id):
+                self._owned(call, concept_id)
         job = self.engine.submit_generate(
             request.prompt,
             request.negative_prompt,
@@ -159,25 +305,36 @@ class E4TServicer(pb2_grpc.E4TServicer):
             _optional(request, "seed"),
             timeout=self._timeout(context),
         )
+        submitted = time.monotonic()
+        first = True
         for kind, payload in _follow(job, context):
             if kind == "image":
+                if first:
+                    metrics.STAGE_LATENCY.labels(call.rpc, "wait").observe(time.monotonic() - submitted)
+                    first = False
                 index, seed, image = payload
                 buf = io.BytesIO()
                 image.save(buf, format="PNG")
                 yield pb2.GeneratedImage(index=index, seed=seed, png=buf.getvalue(), prompt=request.prompt)
+        metrics.STAGE_LATENCY.labels(call.rpc, "generate").observe(time.monotonic() - submitted)
 
     @_rpc
-    def GetConcept(self, request: pb2.GetConceptRequest, context: grpc.ServicerContext) -> pb2.ConceptInfo:
-        return concept_info(self.engine.get_concept(request.id))
+    def GetConcept(self, request: pb2.GetConceptRequest, context: grpc.ServicerContext, call: Call) -> pb2.ConceptInfo:
+        return concept_info(self._owned(call, request.id))
 
     @_rpc
-    def ListConcepts(self, request: pb2.ListConceptsRequest, context: grpc.ServicerContext) -> pb2.ListConceptsResponse:
-        records, token = self.engine.list_concepts(request.domain, request.page_size, request.page_token)
+    def ListConcepts(
+        self, request: pb2.ListConceptsRequest, context: grpc.ServicerContext, call: Call
+    ) -> pb2.ListConceptsResponse:
+        records, token = self.engine.list_concepts(
+            request.domain, request.page_size, request.page_token, owner=call.tenant
+        )
         return pb2.ListConceptsResponse(concepts=[concept_info(r) for r in records], next_page_token=token)
 
     @_rpc
     def DeleteConcept(
-        self, request: pb2.DeleteConceptRequest, context: grpc.ServicerContext
+        self, request: pb2.DeleteConceptRequest, context: grpc.ServicerContext, call: Call
     ) -> pb2.DeleteConceptResponse:
+        self._owned(call, request.id)
         self.engine.delete_concept(request.id)
         return pb2.DeleteConceptResponse()

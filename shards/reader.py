@@ -8,10 +8,14 @@ Batches are dicts {"pixels": FloatTensor[B, 3, H, W] in [-1, 1], "caption": list
 
 For several processes (DeepSpeed ranks and/or DataLoader workers) use `resampled=True`: every
 rank/worker draws shards with replacement from its own seed, so no rank runs dry before another.
+Every random choice of a stream (shards, shuffle, pairing, augmentation) is seeded from
+(seed, rank, worker), so that no two readers repeat each other, and a stream read in-process is
+a function of its seed alone: `skip` resumes it exactly where `pipe.position` said it was.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -40,13 +44,26 @@ class CountingHandler:
         self.log_first = log_first
         self.count = 0
         self.errors: list[str] = []
+        # set while a resumed stream passes over samples it read before: their errors are counted already
+        self.replaying = False
 
     def __call__(self, exn: BaseException) -> bool:
+        if self.replaying:
+            return True
         self.count += 1
         if len(self.errors) < self.log_first:
-            self.errors.append(f"{type(exn).__name__}: {exn}")
-            logger.warning("skipping bad sample (%d so far): %s: %s", self.count, type(exn).__name__, exn)
+            self.errors.append(describe_error(exn))
+            logger.warning("skipping bad sample (%d so far): %s", self.count, self.errors[-1])
         return True
+
+
+def describe_error(exn: BaseException) -> str:
+    """One line for a bad sample; webdataset's DecodingError says nothing itself, its cause and fields do."""
+    if isinstance(exn, wds.autodecode.DecodingError):
+        cause = exn.__cause__
+        reason = f"{type(cause).__name__}: {cause}" if cause is not None else "undecodable"
+        return f"sample {exn.key!r} ({exn.k}) of {exn.url}: {reason}"
+    return f"{type(exn).__name__}: {exn}"
 
 
 def shard_urls(directory: str | Path) -> list[str]:
@@ -61,6 +78,83 @@ def shard_urls(directory: str | Path) -> list[str]:
 def _worker_id() -> int:
     info = torch.utils.data.get_worker_info()
     return 0 if info is None else info.id
+
+
+def stream_seed(*parts: object) -> int:
+    """A 63-bit seed from any parts (seed, rank, worker, purpose...): distinct tuples, unrelated streams.
+
+    Sums like `seed + rank` collide (seed 1 rank 0 is seed 0 rank 1); a hash does not.
+    """
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "big") >> 1
+
+
+class _Position:
+    """Samples (those past the split filter) that entered the decode stage of an in-process stream."""
+
+    def __init__(self) -> None:
+        self.samples = 0
+
+
+def _skip(count: int, position: _Position, handler: Callable[[BaseException], bool]):
+    """Pass over the first `count` samples without decoding their images; number the rest (`__index__`).
+
+    The stages before this one are replayed exactly (same seeds), so after the skip the stream
+    goes on as it did; errors met while replaying are not counted twice (see CountingHandler).
+    """
+
+    def stage(src: Iterable[dict]) -> Iterator[dict]:
+        it = iter(src)
+        counting = isinstance(handler, CountingHandler)
+        if counting:
+            handler.replaying = count > 0
+        try:
+            for _ in range(count):
+                next(it)
+                position.samples += 1
+        except StopIteration:
+            return
+        finally:
+            if counting:
+                handler.replaying = False
+        for sample in it:
+            index = position.samples
+            position.samples += 1
+            yield {**sample, "__index__": index}
+
+    return stage
+
+
+class _Shuffle:
+    """A shuffle buffer seeded per (seed, rank, worker) when iterated, and anew every epoch.
+
+    wds.detshuffle is seeded when the pipeline is built, before DataLoader workers exist, so
+    all workers of a rank would shuffle alike.
+    """
+
+    def __init__(self, bufsize: int, initial: int, seed: int, rank: int) -> None:
+        self.bufsize, self.initial, self.seed, self.rank = bufsize, initial, seed, rank
+        self.epoch = -1
+
+    def __call__(self, src: Iterable[dict]) -> Iterator[dict]:
+        self.epoch += 1
+        rng = random.Random(stream_seed(self.seed, self.rank, _worker_id(), self.epoch, "shuffle"))
+        return wds.shuffle(self.bufsize, self.initial, rng=rng)(src)
+
+
+def _batched(batch_size: int, partial: bool):
+    """Batches that leave the stream exactly after their last sample (wds.batched reads one sample ahead)."""
+
+    def stage(src: Iterable[dict]) -> Iterator[dict]:
+        batch: list[dict] = []
+        for example in src:
+            batch.append(example)
+            if len(batch) == batch_size:
+                yield collate(batch)
+                batch = []
+        if batch and partial:
+            yield collate(batch)
+
+    return stage
 
 
 def _split_by_rank(rank: int, world_size: int) -> Callable[[Iterable], Iterator]:
@@ -88,7 +182,7 @@ def _identity_of(sample: dict) -> str | None:
     return meta.get("identity") if isinstance(meta, dict) else None
 
 
-def _pair_views(seed: int) -> Callable[[Iterable[dict]], Iterator[dict]]:
+def _pair_views(seed: int, rank: int) -> Callable[[Iterable[dict]], Iterator[dict]]:
     """Pair each sample with another view of its identity: it gains `target.<ext>` and `json["target"]`.
 
     Shards hold an identity's views next to each other (`e4t shards synth` writes them so), so
@@ -104,7 +198,7 @@ def _pair_views(seed: int) -> Callable[[Iterable[dict]], Iterator[dict]]:
             yield {**sample, f"target.{ext}": other[ext], "json": {**sample["json"], "target": other["json"]}}
 
     def stage(src: Iterable[dict]) -> Iterator[dict]:
-        rng = random.Random(seed * 7919 + _worker_id())
+        rng = random.Random(stream_seed(seed, rank, _worker_id(), "pairs"))
         group: list[dict] = []
         for sample in src:
             if group and _identity_of(sample) != _identity_of(group[0]):
@@ -118,12 +212,14 @@ def _pair_views(seed: int) -> Callable[[Iterable[dict]], Iterator[dict]]:
     return stage
 
 
-def _to_examples(image_size: int, augment: bool, seed: int, handler: Callable[[BaseException], bool]):
+def _to_examples(image_size: int, augment: bool, seed: int, rank: int, handler: Callable[[BaseException], bool]):
     def stage(src: Iterable[dict]) -> Iterator[dict]:
-        # seeded per worker at iteration time, so workers do not repeat each other's jitter
-        rng = random.Random(seed * 1009 + _worker_id())
+        worker = _worker_id()  # known only at iteration time: workers do not repeat each other's jitter
         for sample in src:
             try:
+                # one generator per sample, seeded by its place in the stream: a resumed stream that
+                # skipped samples jitters the next ones as the uninterrupted stream did
+                rng = random.Random(stream_seed(seed, rank, worker, sample["__index__"], "augment"))
                 ext = next((e for e in IMAGE_EXTS if e in sample), None)
                 meta = sample.get("json")
                 if ext is None or not isinstance(meta, dict) or "caption" not in meta:
@@ -178,25 +274,36 @@ def make_pipeline(
     num_workers: int = 0,
     handler: Callable[[BaseException], bool] | None = None,
     pairs: bool = False,
+    skip: int = 0,
 ) -> wds.DataPipeline:
     """Build the training pipeline over shard `urls`.
 
     `world_size`/`rank` default to the torch.distributed (or RANK/WORLD_SIZE) values. Without
     `resampled`, shards are split over ranks x workers and each is read once per epoch (last
-    partial batch kept); with it, every rank/worker streams forever (partial batches dropped).
-    `splits` keeps only samples whose json "split" is listed. `handler` receives every bad
-    sample's exception; the default is a `CountingHandler` (available as `pipe.handler`).
-    `pairs` gives each sample another view of its identity as `target_pixels` (its json under
-    meta["target"]): the input of the encoder and the image it must help to denoise differ.
+    partial batch kept); with it, every rank/worker streams forever (partial batches dropped),
+    drawing shards from a seed of its own. `splits` keeps only samples whose json "split" is
+    listed. `handler` receives every bad sample's exception; the default is a `CountingHandler`
+    (available as `pipe.handler`). `pairs` gives each sample another view of its identity as
+    `target_pixels` (its json under meta["target"]): the input of the encoder and the image it
+    must help to denoise differ.
+
+    Read in-process (`num_workers=0`), `pipe.position.samples` counts the samples the batches
+    so far took (rejected ones included); a pipeline built with the same arguments and
+    `skip=that count` yields the very batches that would have come next, without decoding the
+    images it passes over.
     """
     # 1. check inputs
     urls = [str(u) for u in urls]
     if not urls:
         raise ValueError("`urls` must list at least one shard but is empty.")
-    if batch_size < 1 or image_size < 8 or shuffle < 0 or num_workers < 0:
+    if batch_size < 1 or image_size < 8 or shuffle < 0 or num_workers < 0 or skip < 0:
         raise ValueError(
-            "`batch_size` >= 1, `image_size` >= 8, `shuffle` >= 0 and `num_workers` >= 0 are required "
-            f"but got {batch_size}, {image_size}, {shuffle} and {num_workers}."
+            "`batch_size` >= 1, `image_size` >= 8, `shuffle` >= 0, `num_workers` >= 0 and `skip` >= 0 are required "
+            f"but got {batch_size}, {image_size}, {shuffle}, {num_workers} and {skip}."
+        )
+    if skip and num_workers:
+        raise ValueError(
+            f"`skip` counts the samples of one in-process stream; it needs num_workers=0, not {num_workers}."
         )
     if (world_size is None) != (rank is None):
         raise ValueError(f"give both `world_size` and `rank` or neither, but got {world_size} and {rank}.")
@@ -212,10 +319,13 @@ def make_pipeline(
             f"{len(urls)} shard(s) cannot be split over {world_size} rank(s) x {max(1, num_workers)} worker(s) "
             f"= {readers} readers: use resampled=True, or write more shards (smaller maxcount)."
         )
-    # 2. which shards this rank/worker reads
+    # 2. which shards this rank/worker reads: drawn with replacement from a (seed, rank, worker) seed,
+    # or a once-per-epoch share of one shuffled list that all ranks agree on
     if resampled:
         source = [
-            wds.ResampledShards(urls, seed=seed, deterministic=True, worker_seed=lambda: rank * 1000 + _worker_id())
+            wds.ResampledShards(
+                urls, seed=seed, deterministic=True, worker_seed=lambda: stream_seed(rank, _worker_id(), "shards")
+            )
         ]
     else:
         source = [
@@ -224,25 +334,28 @@ def make_pipeline(
             _split_by_rank(rank, world_size),
             wds.split_by_worker,
         ]
-    # 3. samples: read, shuffle, decode, filter, to tensors, batch
+    # 3. samples: read, shuffle, decode, filter, skip, to tensors, batch
+    position = _Position()
     pipe = wds.DataPipeline(
         *source,
         wds.tarfile_to_samples(handler=handler),
         # pairing reads the json of consecutive samples, before the shuffle separates an identity's views
         wds.decode(only=["json"], handler=handler) if pairs else None,
-        _pair_views(seed + rank) if pairs else None,
-        wds.detshuffle(shuffle, initial=min(100, shuffle), seed=seed * 1000 + rank) if shuffle > 1 else None,
+        _pair_views(seed, rank) if pairs else None,
+        _Shuffle(shuffle, min(100, shuffle), seed, rank) if shuffle > 1 else None,
         # json first: filtering by split before decoding images skips the work on dropped samples
         wds.decode(only=["json"], handler=handler) if not pairs else None,
         # samples without a json dict pass on, to be counted as bad by the last stage
         wds.select(lambda s: not isinstance(s.get("json"), dict) or s["json"].get("split") in wanted)
         if wanted is not None
         else None,
+        _skip(skip, position, handler),
         wds.decode("pil", partial=True, handler=handler),
-        _to_examples(image_size, augment, seed + rank, handler),
-        wds.batched(batch_size, collation_fn=collate, partial=not resampled),
+        _to_examples(image_size, augment, seed, rank, handler),
+        _batched(batch_size, partial=not resampled),
     )
     pipe.handler = handler
+    pipe.position = position
     return pipe
 
 

@@ -107,6 +107,50 @@ def test_compose_references_existing_files_and_prometheus_scrapes_the_server():
     prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     targets = {t for job in prometheus["scrape_configs"] for c in job["static_configs"] for t in c["targets"]}
     assert {f"e4t:{METRICS_PORT}", f"e4t-cuda:{METRICS_PORT}"} <= targets
+    for name in ("e4t", "e4t-cuda"):
+        check_server_arguments(services[name]["command"], compose, name)
+
+
+def check_server_arguments(args: list[str], compose: dict, name: str) -> dict[str, str]:
+    """`e4t serve` accepts the arguments, serves metrics on the scraped port and is not open."""
+    from serve.cli import build_parser
+
+    parsed = build_parser().parse_args(["--host", "0.0.0.0", *args])
+    assert parsed.metrics_port == METRICS_PORT, name
+    assert parsed.tokens is not None or parsed.tls_client_ca is not None, f"{name} would serve 0.0.0.0 open"
+    if compose is not None and parsed.tokens is not None and str(parsed.tokens).startswith("/run/secrets/"):
+        secret = str(parsed.tokens).removeprefix("/run/secrets/")
+        assert secret in compose["services"][name]["secrets"] and secret in compose["secrets"], name
+    return vars(parsed)
+
+
+def test_two_replicas_share_one_object_store_and_are_scraped():
+    compose = yaml.safe_load((DEPLOY / "compose.replicas.yaml").read_text())
+    services = compose["services"]
+    replicas = [name for name, s in services.items() if s.get("image") == "e4t:cpu"]
+    assert len(replicas) == 2
+    stores = {check_server_arguments(services[n]["command"], compose, n)["store"] for n in replicas}
+    (store,) = stores  # one store for both
+    assert (
+        store.startswith("s3://") and store.removeprefix("s3://").split("/")[0] in services["bucket"]["entrypoint"][-1]
+    )
+    assert len({services[n]["ports"][0].split(":")[0] for n in replicas}) == 2
+    for volume in services["prometheus"]["volumes"]:
+        source = volume.split(":")[0]
+        assert (DEPLOY / source).is_file() if source.startswith(".") else source in compose["volumes"]
+    prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    targets = {t for job in prometheus["scrape_configs"] for c in job["static_configs"] for t in c["targets"]}
+    assert {f"{n}:{METRICS_PORT}" for n in replicas} <= targets
+
+
+def test_kubernetes_server_serves_metrics_and_mounts_its_tokens():
+    (deployment,) = by_kind("Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    parsed = check_server_arguments(container["args"], None, "k8s")
+    mount = next(m for m in container["volumeMounts"] if str(parsed["tokens"]).startswith(m["mountPath"] + "/"))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert "secret" in volume and mount["readOnly"] is True
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)

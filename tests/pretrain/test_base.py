@@ -149,3 +149,16 @@ def test_whitening_keeps_the_autoencoder_and_moves_its_latents() -> None:
         torch.testing.assert_close(after.std, before.std / scale_, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(vae.decode(after.mean).sample, recon, atol=1e-5, rtol=1e-4)
     assert vae.config.scaling_factor == 1.0
+
+
+def test_init_from_continues_an_earlier_base(trained: Path, shard_dir: Path, tmp_path: Path) -> None:
+    # a near-zero learning rate: the continued UNet must still be the earlier one, not a fresh init
+    cfg = replace(TINY_CFG, unet_lr=1e-12, unet_steps=2, init_from=str(trained))
+    out = train_base([shard_dir], tmp_path / "continued", arch=TINY, cfg=cfg, progress=False)
+    before = StableDiffusionPipeline.from_pretrained(trained, local_files_only=True).unet.state_dict()
+    after = StableDiffusionPipeline.from_pretrained(out, local_files_only=True).unet.state_dict()
+    assert all(torch.allclose(before[k].float(), after[k].float(), atol=1e-5) for k in before)
+    # a base of another architecture cannot start this one
+    wider = replace(TINY, unet_channels=(16, 32, 64))
+    with pytest.raises(ValueError, match="another UNet"):
+        train_base([shard_dir], tmp_path / "wider", arch=wider, cfg=cfg, progress=False)

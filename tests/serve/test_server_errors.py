@@ -152,13 +152,14 @@ def test_full_queue_cancel_and_deadline(make_served, png):
     assert [r.steps for r in ConceptStore(served.store).list()[0]] == [1]
 
 
-def test_broken_stored_concept_is_internal_with_a_generic_message(served, png, caplog):
+def test_broken_stored_concept_is_data_loss_and_never_served(served, png, caplog):
     concept = served.client.personalize(png(), "faces", steps=0)
     (served.store / f"{concept['id']}.safetensors").write_bytes(b"\0" * 64)  # the disk broke, not the request
     request = pb2.GenerateRequest(prompt=f"{{{concept['id']}}}", num_images=1, steps=1)
     with caplog.at_level("ERROR"):
         code, details = status_of(lambda: served.client.stub.Generate(request))
-    assert code == grpc.StatusCode.INTERNAL and details == "internal error; see the server log."
-    assert str(served.store) not in details and concept["id"] in caplog.text  # the traceback is in the log only
+    assert code == grpc.StatusCode.DATA_LOSS
+    assert details.startswith(f"stored concept {concept['id']} fails its checksum") and "not served" in details
+    assert str(served.store) not in details and concept["id"] in caplog.text  # where it lives: in the log only
     served.client.delete_concept(concept["id"])
     check_still_serves(served, png)
