@@ -111,9 +111,6 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["token"]:
         return token_main(argv[1:])
     args = build_parser().parse_args(argv)
-    from serve.logs import configure
-
-    configure(args.log_level, args.log_format)
     try:
         from e4t.threads import parse_threads  # imports torch: after prepare_process
 
@@ -126,6 +123,9 @@ def main(argv: list[str]) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from serve.logs import configure
+
+    configure(args.log_level, args.log_format)
     if (args.base is None) != (not args.pack):
         print("error: give both --base and --pack, or neither for the embedded default.", file=sys.stderr)
         return 2
