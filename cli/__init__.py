@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # group -> (module with main(argv) -> int, one-line help)
@@ -25,6 +26,17 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def prepare_process() -> None:
+    """OpenMP threads sleep instead of spinning while they wait (unless the environment says otherwise).
+
+    Must run before torch is imported: libgomp reads OMP_WAIT_POLICY once, when it loads. Spinning
+    threads on a machine shared with another busy process made generation 30-50x slower
+    (README, "Sharing the CPU"); `e4t.threads.configure` then picks the thread counts.
+    """
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in {"-h", "--help"}:
@@ -34,5 +46,6 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"e4t: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    prepare_process()
     module = importlib.import_module(COMMANDS[name][0])
     return int(module.main(rest) or 0)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
@@ -10,7 +11,7 @@ from PIL import Image
 from e4t.base import Base
 from e4t.concept import Concept
 from e4t.errors import Cancelled, InvalidInput, NotFound
-from e4t.offsets import activate_offsets
+from e4t.offsets import OffsetConfig, activate_offsets, per_sample_offsets
 from e4t.pack import DomainPack
 from e4t.prompts import add_suffixes, encode_prompts, find_concept_ids
 
@@ -48,37 +49,15 @@ def generate(
     if guidance < 0:
         raise InvalidInput(f"`guidance` must be non-negative, got {guidance}")
 
-    # 2. resolve the concepts the prompts name
-    named = find_concept_ids(prompt) + find_concept_ids(negative_prompt)
-    missing = [i for i in named if i not in concepts]
-    if missing:
-        raise NotFound(f"unknown concept(s): {', '.join(missing)}")
-    used = [concepts[i] for i in dict.fromkeys(named)]
-    for c in used:
-        if c.base_hash != base.hash:
-            raise InvalidInput(f"concept {c.id} was made for base {c.base_hash}; this base is {base.hash}")
-        if c.domain not in packs:
-            raise NotFound(f"concept {c.id} belongs to domain {c.domain!r}, which is not loaded")
+    # 2-3. resolve the named concepts and encode the prompts with their embeddings spliced in
+    prepared = prepare_prompt(base, packs, concepts, prompt, negative_prompt)
+    prompt_embeds, negative_embeds = prepared.prompt_embeds, prepared.negative_embeds
 
-    # 3. encode the prompts with the concepts' embeddings spliced in (and their suffixes, e.g. DreamBooth's class word)
-    embeddings = {c.id: c.embedding for c in used}
-    suffixes = {c.id: c.suffix for c in used}
-    with torch.no_grad():
-        prompt_embeds = encode_prompts(base.text_encoder, base.tokenizer, [add_suffixes(prompt, suffixes)], embeddings)
-        negative_embeds = encode_prompts(
-            base.text_encoder, base.tokenizer, [add_suffixes(negative_prompt, suffixes)], embeddings
-        )
-
-    # 4. activate the concepts' weight offsets (averaged when several); a concept without offsets
-    # (Textual Inversion: the plain base) adds none and does not dilute the others'
+    # 4. activate the concepts' weight offsets (averaged when several)
     unet = base.unet
-    tuned = [(c, c.offsets(packs[c.domain])) for c in used]
-    tuned = [(c, offsets) for c, offsets in tuned if offsets]
+    tuned = prepared.offsets
     if tuned:
-        configs = {packs[c.domain].offset_config for c, _ in tuned}
-        if len(configs) > 1:
-            raise InvalidInput("concepts in one prompt must come from packs with the same offset layout")
-        activate_offsets(unet, configs.pop(), [offsets for _, offsets in tuned])
+        activate_offsets(unet, prepared.offset_config, [offsets for offsets, _ in tuned])
 
     # 5. denoise, a batch at a time, one seeded generator per image
     def check_cancel(pipe, i, t, kwargs):
@@ -109,3 +88,99 @@ def generate(
         if tuned:
             unet.disable_adapters()
     return images
+
+
+@dataclass(frozen=True)
+class PreparedPrompt:
+    """One prompt ready to denoise: its encodings and the weight offsets of the concepts it names."""
+
+    prompt_embeds: torch.Tensor  # [1, L, D]
+    negative_embeds: torch.Tensor  # [1, L, D]
+    offsets: tuple[tuple[dict[str, torch.Tensor], float], ...]  # (full LoRA factors, weight); () = plain base
+    offset_config: OffsetConfig | None
+
+
+def prepare_prompt(
+    base: Base,
+    packs: Mapping[str, DomainPack],
+    concepts: Mapping[str, Concept],
+    prompt: str,
+    negative_prompt: str = "",
+) -> PreparedPrompt:
+    """Check the concepts `prompt` and `negative_prompt` name, and encode both with their embeddings spliced in.
+
+    Concepts with offsets are averaged (weight 1/n each); one without (Textual Inversion: the plain
+    base) adds none and does not dilute the others'.
+    """
+    named = find_concept_ids(prompt) + find_concept_ids(negative_prompt)
+    missing = [i for i in named if i not in concepts]
+    if missing:
+        raise NotFound(f"unknown concept(s): {', '.join(missing)}")
+    used = [concepts[i] for i in dict.fromkeys(named)]
+    for c in used:
+        if c.base_hash != base.hash:
+            raise InvalidInput(f"concept {c.id} was made for base {c.base_hash}; this base is {base.hash}")
+        if c.domain not in packs:
+            raise NotFound(f"concept {c.id} belongs to domain {c.domain!r}, which is not loaded")
+
+    # the prompts with the concepts' suffixes (e.g. DreamBooth's class word)
+    embeddings = {c.id: c.embedding for c in used}
+    suffixes = {c.id: c.suffix for c in used}
+    with torch.no_grad():
+        prompt_embeds = encode_prompts(base.text_encoder, base.tokenizer, [add_suffixes(prompt, suffixes)], embeddings)
+        negative_embeds = encode_prompts(
+            base.text_encoder, base.tokenizer, [add_suffixes(negative_prompt, suffixes)], embeddings
+        )
+
+    tuned = [(c, c.offsets(packs[c.domain])) for c in used]
+    tuned = [(c, offsets) for c, offsets in tuned if offsets]
+    config = None
+    if tuned:
+        configs = {packs[c.domain].offset_config for c, _ in tuned}
+        if len(configs) > 1:
+            raise InvalidInput("concepts in one prompt must come from packs with the same offset layout")
+        config = configs.pop()
+    weight = 1.0 / len(tuned) if tuned else 0.0
+    return PreparedPrompt(prompt_embeds, negative_embeds, tuple((offsets, weight) for _, offsets in tuned), config)
+
+
+def generate_samples(
+    base: Base,
+    samples: Sequence[tuple[PreparedPrompt, int]],
+    *,
+    steps: int = 25,
+    guidance: float = 7.5,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[Image.Image]:
+    """One image per (prepared prompt, seed), all denoised as ONE UNet batch, whatever concepts they carry.
+
+    Each sample keeps its own prompt encodings, its own seeded generator and its own weight
+    offsets (`e4t.offsets.per_sample_offsets`), so its image equals what `generate` makes for
+    that prompt and seed alone (up to float rounding). `should_stop` is polled every step.
+    """
+    if not samples:
+        return []
+    if steps < 1:
+        raise InvalidInput(f"`steps` must be at least 1, got {steps}")
+    if guidance < 0:
+        raise InvalidInput(f"`guidance` must be non-negative, got {guidance}")
+
+    def check_cancel(pipe, i, t, kwargs):
+        if should_stop is not None and should_stop():
+            raise Cancelled("generation was cancelled")
+        return kwargs
+
+    prompt_embeds = torch.cat([p.prompt_embeds for p, _ in samples])
+    negative_embeds = torch.cat([p.negative_embeds for p, _ in samples])
+    generators = [torch.Generator(device="cpu").manual_seed(seed) for _, seed in samples]
+    with per_sample_offsets(base.unet, [p.offsets for p, _ in samples]):
+        return base.pipe(
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_embeds,
+            num_images_per_prompt=1,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=generators,
+            output_type="pil",
+            callback_on_step_end=check_cancel,
+        ).images

@@ -7,7 +7,8 @@ several concepts' offsets be active together (PEFT sums adapters with weights).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -90,3 +91,80 @@ def offsets_penalty(unet, name: str = TUNE) -> torch.Tensor:
             delta = module.lora_B[name].weight @ module.lora_A[name].weight
             terms.append(delta.pow(2).mean())
     return torch.stack(terms).mean()
+
+
+# ---- per-sample offsets: one UNet batch whose samples carry different concepts' offsets
+
+
+def _module_factors(offsets: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{module path: (A [r, in], B [out, r])} from a portable LoRA state dict."""
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for key, a in offsets.items():
+        if key.endswith(".lora_A.weight"):
+            path = key[: -len(".lora_A.weight")]
+            factors[path] = (a, offsets[f"{path}.lora_B.weight"])
+    return factors
+
+
+@contextmanager
+def per_sample_offsets(
+    unet,
+    samples: Sequence[Sequence[tuple[Mapping[str, torch.Tensor], float]]],
+    scale: float = 1.0,
+) -> Iterator[None]:
+    """While active, sample b of every UNet call gets the weight offset sum_i w_bi * B_bi @ A_bi.
+
+    `samples[b]` lists (offsets, weight) pairs, empty for the plain base: the same sums that
+    `activate_offsets` makes for one prompt, but a different one per sample, so one batch can
+    serve many concepts without a copy of the UNet or a swap of adapters. Each sample's
+    factors are concatenated along the rank (padded with zeros to the batch's largest), and
+    every adapted layer adds bmm(bmm(x, A^T), B^T) to its output. A call whose batch is a
+    multiple of len(samples) (classifier-free guidance: unconditional then conditional
+    halves) repeats the samples in that order. `scale` is PEFT's lora_alpha / r.
+    """
+    modules = dict(unet.named_modules())
+    per_sample = [[(_module_factors(offsets), weight) for offsets, weight in concepts] for concepts in samples]
+    paths = sorted({p for concepts in per_sample for factors, _ in concepts for p in factors})
+    stacks: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for path in paths:
+        if path not in modules:
+            raise ValueError(f"offsets name a layer the UNet does not have: {path}")
+        rows = []
+        for concepts in per_sample:
+            parts = [(f[path][0], f[path][1] * (weight * scale)) for f, weight in concepts if path in f]
+            rows.append(parts)
+        layer = modules[path]
+        base_layer = getattr(layer, "base_layer", layer)
+        n_in, n_out = base_layer.in_features, base_layer.out_features
+        rank = max((sum(a.shape[0] for a, _ in parts) for parts in rows), default=0)
+        a_stack = torch.zeros(len(rows), rank, n_in)
+        b_stack = torch.zeros(len(rows), n_out, rank)
+        for i, parts in enumerate(rows):
+            if parts:
+                k = sum(a.shape[0] for a, _ in parts)
+                a_stack[i, :k] = torch.cat([a for a, _ in parts])
+                b_stack[i, :, :k] = torch.cat([b for _, b in parts], dim=1)
+        device, dtype = base_layer.weight.device, base_layer.weight.dtype
+        stacks[path] = (a_stack.transpose(1, 2).to(device, dtype), b_stack.transpose(1, 2).to(device, dtype))
+
+    def hook(a_t: torch.Tensor, b_t: torch.Tensor):
+        def add_term(module, args, output):
+            x = args[0]
+            n = x.shape[0]
+            if n % a_t.shape[0]:
+                raise RuntimeError(f"a UNet call of batch {n} does not fit {a_t.shape[0]} per-sample offsets")
+            reps = n // a_t.shape[0]
+            a, b = (a_t, b_t) if reps == 1 else (a_t.repeat(reps, 1, 1), b_t.repeat(reps, 1, 1))
+            flat = x.reshape(n, -1, x.shape[-1])
+            return output + torch.bmm(torch.bmm(flat, a), b).reshape(output.shape)
+
+        return add_term
+
+    if getattr(unet, "peft_config", None):
+        unet.disable_adapters()  # the per-sample terms replace whatever adapter was active
+    handles = [modules[path].register_forward_hook(hook(*stacks[path])) for path in paths]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

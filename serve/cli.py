@@ -2,6 +2,7 @@
 
     e4t serve                                    # embedded default, open, on 127.0.0.1 only
     e4t serve --base BASE_DIR --pack faces.safetensors [--pack cats.safetensors] --store DIR --port 50051
+    e4t serve --max-batch 8 --batch-wait-ms 20 --concept-cache-mb 256 --threads auto
     e4t serve --host 0.0.0.0 --tokens tokens.json --tls-cert server.pem --tls-key server.key --metrics-port 9100
     e4t serve --store s3://bucket/concepts --store-option endpoint_url=http://minio:9000
     e4t serve token add --tenant acme --tokens-file tokens.json   # prints the token once
@@ -67,6 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (e.g. 9100)")
     p.add_argument("--queue-size", type=int, default=16, help="requests waiting for the model worker")
     p.add_argument("--max-workers", type=int, default=8, help="gRPC threads")
+    p.add_argument("--max-batch", type=int, default=8, help="most images denoised as one UNet batch, across concepts")
+    p.add_argument(
+        "--batch-wait-ms", type=float, default=20.0, help="how long a Generate waits for others to batch with"
+    )
+    p.add_argument("--concept-cache-mb", type=float, default=256.0, help="memory for hot concepts, LRU")
+    p.add_argument(
+        "--threads",
+        default=None,
+        help="torch intra-op threads: a number or 'auto' (default: $E4T_THREADS, else half the available CPUs)",
+    )
     p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight requests get on shutdown")
     p.add_argument("--health-interval", type=float, default=5.0, help="seconds between concept store checks")
     p.add_argument("--log-level", default="INFO")
@@ -94,9 +105,24 @@ def token_main(argv: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
+    from cli import prepare_process
+
+    prepare_process()  # before torch is imported (`python -m serve.cli`; the `e4t` command did it already)
     if argv[:1] == ["token"]:
         return token_main(argv[1:])
     args = build_parser().parse_args(argv)
+    try:
+        from e4t.threads import parse_threads  # imports torch: after prepare_process
+
+        parse_threads(args.threads, "--threads")
+        check = [("--max-batch", args.max_batch, 1), ("--batch-wait-ms", args.batch_wait_ms, 0)]
+        check.append(("--concept-cache-mb", args.concept_cache_mb, 0))
+        for flag, value, least in check:
+            if value < least:
+                raise ValueError(f"{flag} has to be at least {least} but is {value:g}.")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     from serve.logs import configure
 
     configure(args.log_level, args.log_format)
@@ -115,18 +141,29 @@ def main(argv: list[str]) -> int:
         print("error: give --tls-cert and --tls-key together (and --tls-client-ca only with them).", file=sys.stderr)
         return 2
     # imported here so `e4t serve --help` stays instant
+    from e4t.threads import configure as configure_threads
     from serve.auth import TlsConfig, TokenAuth
     from serve.engine import Engine
     from serve.limits import TenantLimits
     from serve.server import create_server, is_loopback, serve_until_signal
     from serve.store import ConceptStore
 
+    threads = configure_threads(args.threads)
     try:
         auth = TokenAuth(args.tokens) if args.tokens else TokenAuth.from_env()
         tls = TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
         tenant_limits = TenantLimits(rate=args.rate, burst=args.burst, max_concepts=args.quota_concepts)
         store = ConceptStore(args.store, storage_options=dict(args.store_option))
-        loader = functools.partial(Engine.load, base, packs, store, queue_size=args.queue_size)
+        loader = functools.partial(
+            Engine.load,
+            base,
+            packs,
+            store,
+            queue_size=args.queue_size,
+            max_batch=args.max_batch,
+            batch_wait_ms=args.batch_wait_ms,
+            concept_cache_mb=args.concept_cache_mb,
+        )
         server, port = create_server(
             loader, f"{args.host}:{args.port}", max_workers=args.max_workers, auth=auth, tls=tls,
             tenant_limits=tenant_limits, insecure_open=args.insecure_open, health_interval=args.health_interval,
@@ -137,6 +174,7 @@ def main(argv: list[str]) -> int:
     security = "TLS" if tls else "plaintext"
     security += ", bearer tokens" if auth else ", client certificates" if tls and tls.client_ca else ", OPEN (no auth)"
     print(f"e4t server on port {port} ({security}; health NOT_SERVING until the models are loaded)", flush=True)
+    print(threads.describe(), flush=True)
     if args.metrics_port is not None:
         from serve.metrics import start_metrics_server
 

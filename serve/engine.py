@@ -5,6 +5,13 @@ request fails at once, without waiting in the queue), then run as a `Job` on
 the single model worker thread. Jobs stream their events (progress, images)
 back to the caller and carry a cancellation flag and a deadline, checked
 between tuning steps and between images.
+
+Generate requests are batched: the worker takes the first one, waits up to
+`batch_wait_ms` for more with the same steps and guidance, and denoises up to
+`max_batch` images as ONE UNet batch, even when they name different concepts
+(each sample carries its own prompt encodings and weight offsets:
+`e4t.generate.generate_samples`). Concepts that requests name stay in memory,
+least recently used first out, within `concept_cache_mb`.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +30,9 @@ from typing import Any
 from PIL import Image
 
 import e4t
+from e4t.concept import Concept
 from e4t.errors import InvalidInput, NotFound
+from e4t.generate import PreparedPrompt, generate_samples, prepare_prompt
 from e4t.methods import METHODS, TUNERS
 from serve import metrics
 from serve.errors import Cancelled, DeadlineExceeded, QueueFull
@@ -63,6 +73,7 @@ class Job:
     kind: str
     run: Callable[[Job], Any]
     deadline: float | None = None  # time.monotonic() value
+    spec: GenerateSpec | None = None  # set for Generate: the worker batches these instead of calling `run`
     _events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue, repr=False)
     _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -124,6 +135,76 @@ class Job:
         raise AssertionError("unreachable: events() ends with a done event or raises")
 
 
+@dataclass(frozen=True)
+class GenerateSpec:
+    """A validated Generate request; requests with equal `batch_key` can share one UNet batch."""
+
+    prompt: str
+    negative_prompt: str
+    num_images: int
+    steps: int
+    guidance: float
+    seed: int
+    concepts: dict[str, Concept]
+
+    @property
+    def batch_key(self) -> tuple[int, float]:
+        return (self.steps, self.guidance)  # one scheduler and one guidance scale per batch
+
+
+def concept_bytes(concept: Concept) -> int:
+    return concept.embedding.nbytes + sum(t.nbytes for t in concept.offset_deltas.values())
+
+
+class ConceptCache:
+    """Loaded concepts by id, least recently used dropped first once their tensors pass `max_bytes`; thread-safe."""
+
+    def __init__(self, max_bytes: int) -> None:
+        if max_bytes < 0:
+            raise ValueError(f"the concept cache size has to be at least 0 bytes but is {max_bytes}.")
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.hits = self.misses = 0
+        self._items: OrderedDict[str, tuple[Concept, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, concept_id: str) -> bool:
+        return concept_id in self._items
+
+    def get(self, concept_id: str) -> Concept | None:
+        with self._lock:
+            item = self._items.get(concept_id)
+            if item is None:
+                self.misses += 1
+                return None
+            self.hits += 1
+            self._items.move_to_end(concept_id)
+            return item[0]
+
+    def put(self, concept: Concept) -> None:
+        size = concept_bytes(concept)
+        with self._lock:
+            self._drop(concept.id)
+            if size > self.max_bytes:
+                return  # larger than the whole cache: served from the store every time
+            self._items[concept.id] = (concept, size)
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                self._drop(next(iter(self._items)))
+
+    def pop(self, concept_id: str) -> None:
+        with self._lock:
+            self._drop(concept_id)
+
+    def _drop(self, concept_id: str) -> None:
+        item = self._items.pop(concept_id, None)
+        if item is not None:
+            self.bytes -= item[1]
+
+
 class Engine:
     """One base, one pack per domain, a concept store and ONE model worker behind a bounded queue."""
 
@@ -135,9 +216,20 @@ class Engine:
         *,
         limits: Limits | None = None,
         queue_size: int = 16,
+        max_batch: int = 8,
+        batch_wait_ms: float = 20.0,
+        concept_cache_mb: float = 256.0,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"`queue_size` has to be at least 1 but is {queue_size}.")
+        if max_batch < 1:
+            raise ValueError(f"`max_batch` has to be at least 1 but is {max_batch}.")
+        if batch_wait_ms < 0:
+            raise ValueError(f"`batch_wait_ms` has to be at least 0 but is {batch_wait_ms}.")
+        self.max_batch = max_batch
+        self.batch_wait_s = batch_wait_ms / 1000
+        self.concepts = ConceptCache(int(concept_cache_mb * 1024 * 1024))
+        self.batch_sizes: Counter[int] = Counter()  # images per UNet batch -> how many such batches ran
         self.base = base
         self.packs = dict(packs)
         self.store = store
@@ -161,8 +253,9 @@ class Engine:
         *,
         limits: Limits | None = None,
         queue_size: int = 16,
+        **options: Any,
     ) -> Engine:
-        """Loads the base once and every pack on it; one pack per domain."""
+        """Loads the base once and every pack on it, one per domain; `options`: batching and cache (see __init__)."""
         if not pack_paths:
             raise ValueError("At least one domain pack is required but none was given.")
         base = e4t.load_base(base_path)
@@ -174,16 +267,111 @@ class Engine:
             packs[pack.domain] = pack
             logger.info("loaded pack %s: domain %s, hash %s", path, pack.domain, pack.hash)
         store = store_root if isinstance(store_root, ConceptStore) else ConceptStore(store_root)
-        return cls(base, packs, store, limits=limits, queue_size=queue_size)
+        return cls(base, packs, store, limits=limits, queue_size=queue_size, **options)
 
     # ---- the model worker
 
     def _work(self) -> None:
+        held: deque[Job | None] = deque()  # taken from the queue while gathering a batch but not batchable with it
         while True:
-            job = self._queue.get()
+            job = held.popleft() if held else self._queue.get()
             if job is None:
                 return
-            job.execute()
+            if job.spec is None:
+                job.execute()
+            else:
+                self._run_generate(self._gather(job, held))
+
+    def _gather(self, first: Job, held: deque[Job | None]) -> list[Job]:
+        """`first` and the Generate jobs of its batch key that arrive within the wait, up to `max_batch` images.
+
+        Jobs that do not fit (other steps or guidance, Personalize) stay in `held`, in arrival order.
+        """
+        key = first.spec.batch_key
+        batch, images = [first], first.spec.num_images
+        for job in list(held):
+            if images >= self.max_batch:
+                break
+            if job is not None and job.spec is not None and job.spec.batch_key == key:
+                held.remove(job)
+                batch.append(job)
+                images += job.spec.num_images
+        until = time.monotonic() + self.batch_wait_s
+        while images < self.max_batch:
+            try:
+                job = self._queue.get(timeout=max(0.0, until - time.monotonic()))
+            except queue.Empty:
+                break
+            if job is not None and job.spec is not None and job.spec.batch_key == key:
+                batch.append(job)
+                images += job.spec.num_images
+            else:
+                held.append(job)
+        return batch
+
+    def _run_generate(self, jobs: list[Job]) -> None:
+        """Runs Generate jobs of one batch key as UNet batches of at most `max_batch` images; never raises."""
+        failed: set[int] = set()
+
+        def fail(job: Job, error: BaseException) -> None:
+            if id(job) not in failed:
+                failed.add(id(job))
+                job.emit("error", error)
+
+        samples: list[tuple[Job, int, PreparedPrompt]] = []
+        for job in jobs:
+            spec = job.spec
+            try:
+                job.check()
+                prepared = prepare_prompt(self.base, self.packs, spec.concepts, spec.prompt, spec.negative_prompt)
+            except BaseException as e:
+                if not isinstance(e, (InvalidInput, NotFound, Cancelled)):
+                    logger.exception("generate job failed")
+                fail(job, e)
+                continue
+            samples += [(job, index, prepared) for index in range(spec.num_images)]
+
+        steps, guidance = jobs[0].spec.batch_key
+        for start in range(0, len(samples), self.max_batch):
+            chunk = [s for s in samples[start : start + self.max_batch] if id(s[0]) not in failed]
+            live = [s for s in chunk if not s[0].should_stop()]
+            if not live:
+                for job, _, _ in chunk:
+                    self._stop(job, fail)
+                continue
+            try:
+                images = generate_samples(
+                    self.base,
+                    [(prepared, job.spec.seed + index) for job, index, prepared in live],
+                    steps=steps,
+                    guidance=guidance,
+                    should_stop=lambda live=live: all(job.should_stop() for job, _, _ in live),
+                )
+            except BaseException as e:  # one bad batch fails its requests, never the worker
+                if not isinstance(e, Cancelled):
+                    logger.exception("generate batch of %d images failed", len(live))
+                for job, _, _ in live:
+                    if isinstance(e, Cancelled):
+                        self._stop(job, fail)
+                    else:
+                        fail(job, e)
+                continue
+            self.batch_sizes[len(live)] += 1
+            for (job, index, _), image in zip(live, images):
+                if job.should_stop():
+                    self._stop(job, fail)
+                elif id(job) not in failed:
+                    job.emit("image", (index, job.spec.seed + index, image))  # image i has seed + i
+        for job in jobs:
+            if id(job) not in failed:
+                job.emit("done", job.spec.num_images)
+
+    @staticmethod
+    def _stop(job: Job, fail: Callable[[Job, BaseException], None]) -> None:
+        try:
+            job.check()
+        except (Cancelled, DeadlineExceeded) as e:
+            fail(job, e)
 
     def _submit(self, job: Job) -> Job:
         try:
@@ -220,7 +408,9 @@ class Engine:
         return self.store.list(domain or None, page_size, page_token, owner=owner)
 
     def delete_concept(self, concept_id: str) -> ConceptRecord:
-        return self.store.delete(check_concept_id(concept_id))
+        record = self.store.delete(check_concept_id(concept_id))
+        self.concepts.pop(record.id)
+        return record
 
     # ---- personalize
 
@@ -339,29 +529,24 @@ class Engine:
         for name in named:
             if not CONCEPT_ID_RE.fullmatch(name):
                 raise NotFound(f"prompt names {{{name}}} but no concept has that id (ids are c_ + 12 hex digits).")
-        concepts = {concept_id: self.store.load(concept_id) for concept_id in named}
+        concepts = {concept_id: self.load_concept(concept_id) for concept_id in named}
 
-        # 3. generate on the worker, streaming each image as it is done
-        def run(job: Job) -> int:
-            def on_image(index: int, image: Image.Image) -> None:
-                job.emit("image", (index, seed + index, image))  # e4t seeds image i with seed + i
+        # 3. generate on the worker, batched with other requests; images stream back as each batch is done
+        spec = GenerateSpec(prompt, negative_prompt, num_images, steps, float(guidance), seed, concepts)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return self._submit(Job("generate", self._unbatched, deadline, spec=spec))
 
-            images = e4t.generate(
-                self.base,
-                self.packs,
-                concepts,
-                prompt,
-                negative_prompt=negative_prompt,
-                num_images=num_images,
-                steps=steps,
-                guidance=guidance,
-                seed=seed,
-                on_image=on_image,
-                should_stop=job.should_stop,
-            )
-            return len(images)
+    def _unbatched(self, job: Job) -> None:
+        raise AssertionError("generate jobs run in batches (Engine._run_generate), never through Job.run")
 
-        return self._submit(Job("generate", run, None if timeout is None else time.monotonic() + timeout))
+    def load_concept(self, concept_id: str) -> Concept:
+        """A concept's tensors, from the memory cache when it is there; NotFound if it is not in the store."""
+        self.store.get(concept_id)  # the store is the truth: a concept deleted there is not served from memory
+        concept = self.concepts.get(concept_id)
+        if concept is None:
+            concept = self.store.load(concept_id)
+            self.concepts.put(concept)
+        return concept
 
     def generate(
         self,
