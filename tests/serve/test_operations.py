@@ -169,7 +169,8 @@ def test_sigterm_cancels_in_flight_work_within_the_grace_period_and_exits_0(
         line = proc.stdout.readline()
         assert "e4t server on port" in line and "OPEN" in line, line + proc.stderr.read()
         port = int(line.split("port")[1].split()[0])
-        metrics_port = int(proc.stdout.readline().split("port")[1].split()[0])
+        after = [proc.stdout.readline() for _ in range(2)]  # the thread settings, then the metrics line
+        metrics_port = int(next(x for x in after if "metrics" in x).split("port")[1].split()[0])
         assert ("e4t_queue_depth", ()) in scrape(metrics_port)
         with E4TClient(f"127.0.0.1:{port}", timeout=60) as client:
             client.wait_ready(60)
