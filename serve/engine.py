@@ -179,8 +179,10 @@ class ConceptCache:
             item = self._items.get(concept_id)
             if item is None:
                 self.misses += 1
+                metrics.CONCEPT_CACHE.labels("miss").inc()
                 return None
             self.hits += 1
+            metrics.CONCEPT_CACHE.labels("hit").inc()
             self._items.move_to_end(concept_id)
             return item[0]
 
@@ -192,6 +194,7 @@ class ConceptCache:
                 return  # larger than the whole cache: served from the store every time
             self._items[concept.id] = (concept, size)
             self.bytes += size
+            metrics.CONCEPT_CACHE_BYTES.set(self.bytes)
             while self.bytes > self.max_bytes:
                 self._drop(next(iter(self._items)))
 
@@ -203,6 +206,7 @@ class ConceptCache:
         item = self._items.pop(concept_id, None)
         if item is not None:
             self.bytes -= item[1]
+        metrics.CONCEPT_CACHE_BYTES.set(self.bytes)
 
 
 class Engine:
@@ -357,6 +361,7 @@ class Engine:
                         fail(job, e)
                 continue
             self.batch_sizes[len(live)] += 1
+            metrics.BATCH_SIZE.observe(len(live))
             for (job, index, _), image in zip(live, images):
                 if job.should_stop():
                     self._stop(job, fail)

@@ -31,6 +31,8 @@ QUEUE_DEPTH = Gauge("e4t_queue_depth", "Requests waiting for the model worker")
 BATCH_SIZE = Histogram(
     "e4t_batch_size", "Requests run together in one model batch", buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 )
+CONCEPT_CACHE = Counter("e4t_concept_cache_lookups_total", "Concept lookups in the in-memory cache", ["result"])
+CONCEPT_CACHE_BYTES = Gauge("e4t_concept_cache_bytes", "Bytes of concept tensors held in the in-memory cache")
 CONCEPTS_TUNED = Counter("e4t_concepts_tuned_total", "Concepts personalized and stored", ["method", "domain"])
 RATE_LIMITED = Counter("e4t_rate_limited_total", "Requests refused by a tenant's rate or quota", ["reason"])
 

@@ -65,7 +65,11 @@ def test_metrics_count_rpcs_stages_errors_and_tuned_concepts(served, png, metric
     for stage in ("wait", "generate"):
         assert delta("e4t_stage_duration_seconds_count", rpc="Generate", stage=stage) == 1, stage
     assert after[("e4t_queue_depth", ())] == 0
-    assert ("e4t_batch_size_count", ()) in after
+    assert delta("e4t_batch_size_count") == 1  # one image: one UNet batch of one request
+    assert (
+        delta("e4t_concept_cache_lookups_total", result="hit") + delta("e4t_concept_cache_lookups_total", result="miss")
+        >= 1
+    )
 
 
 def test_request_id_is_echoed_and_logged_as_json(served, caplog, capfd):
