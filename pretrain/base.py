@@ -72,7 +72,7 @@ class BaseTrainConfig:
     unet_snr_gamma: float = 0.0  # min-SNR loss weighting (Hang et al. 2023); 0 turns it off
     unet_ema: bool = True
     unet_ema_max_decay: float = 0.999
-    # a shipped pipeline folder whose UNet and text encoder start the UNet stage instead of random weights
+    # a pipeline folder whose UNet and text encoder start the UNet stage instead of random weights
     # (a longer schedule on top of a finished one); it counts by its content, not its path
     init_from: str = ""
     grad_clip: float = 1.0
@@ -143,7 +143,7 @@ PRESETS: dict[str, BaseTrainConfig] = {
         checkpoint_every=500,
     ),
 }
-# The second schedule of the shipped world, started from the first one's base (`init_from`).
+# The described world's second schedule, started from the first one's base (`init_from`).
 PRESETS["described-continue"] = replace(PRESETS["described"], unet_steps=900, unet_lr=5e-4, unet_warmup=100)
 _TRAIN_KEYS = ("grad_clip", "weight_decay", "seed")
 
