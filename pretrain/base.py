@@ -529,8 +529,8 @@ def _initial_weights(
         raise FileNotFoundError(f"`init_from` should be a pipeline folder with model_index.json but {folder} is not.")
     if CLIPTokenizer.from_pretrained(folder / "tokenizer").get_vocab() != tokenizer.get_vocab():
         raise ValueError(f"`init_from` {folder} was trained with another tokenizer than this stage's.")
-    unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32)
-    text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", torch_dtype=torch.float32)
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet", dtype=torch.float32)
+    text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=torch.float32)
     if (tuple(unet.config.block_out_channels), unet.config.in_channels) != (arch.unet_channels, arch.latent_channels):
         raise ValueError(f"`init_from` {folder} has another UNet than {arch}.")
     return unet, text_encoder

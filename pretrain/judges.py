@@ -330,7 +330,7 @@ def degrade(
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
-        torch_dtype=torch.float32,  # a base shipped in float16 computes in float32 on the CPU
+        dtype=torch.float32,  # a base shipped in float16 computes in float32 on the CPU
     )
     components = {**base.components, "scheduler": DDIMScheduler.from_config(base.scheduler.config)}
     pipe = StableDiffusionImg2ImgPipeline(**components)
