@@ -8,18 +8,21 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import grpc
 import pytest
 import torch
+from prometheus_client import REGISTRY
 
 from serve import client_cli
 from serve.auth import TokenAuth, add_token
 from serve.client import E4TClient
 from serve.operation_store import HOST, OperationRecord, OperationStore
-from serve.operations import RESTART, OperationOptions, parse_duration
+from serve.operations import RESTART, SHUTDOWN, OperationOptions, parse_duration
+from serve.server import stop_server
 from serve.store import ConceptStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,6 +46,7 @@ def wait_for_step(client: E4TClient, operation_id: str, step: int = 1) -> dict:
 def test_start_returns_at_once_with_the_concept_a_streamed_personalize_makes(served, png):
     client = served.client
     image = png()  # the fixture draws new noise at every call
+    succeeded = REGISTRY.get_sample_value("e4t_operations_done_total", {"state": "succeeded"}) or 0.0
     op = client.start_personalize(image, "faces", steps=2, seed=7)
     assert re.fullmatch(r"op_[0-9a-f]{16}", op["id"])
     assert (op["method"], op["domain"], op["steps"], op["seed"]) == ("e4t", "faces", 2, 7)
@@ -51,6 +55,7 @@ def test_start_returns_at_once_with_the_concept_a_streamed_personalize_makes(ser
     assert done["state"] == "SUCCEEDED" and done["progress"]["stage"] == "saving"
     [concept] = done["concepts"]
     assert client.get_concept(concept["id"]) == concept and client.get_operation(op["id"]) == done
+    assert REGISTRY.get_sample_value("e4t_operations_done_total", {"state": "succeeded"}) == succeeded + 1
 
     streamed = client.personalize(image, "faces", steps=2, seed=7)
     store = ConceptStore(served.store)
@@ -173,6 +178,24 @@ def test_sigkill_mid_operation_then_restart_on_the_same_store(
     assert [c["id"] for c in client.list_concepts()] == [concept["id"]]  # nothing of the killed one
     assert len(list(client.generate(f"a photo of {{{concept['id']}}}", num_images=1, steps=1))) == 1
     assert {op["id"] for op in client.list_operations()} == {finished["id"], running["id"]}
+
+
+def test_graceful_stop_ends_running_operations_failed_and_tells_their_watchers(make_served, png, tmp_path):
+    served = make_served(tmp_path / "store")
+    served.client.wait_ready(60)
+    op = served.client.start_personalize(png(), "faces", method="textual_inversion", steps=3000)
+    snapshots: list[dict] = []
+    with E4TClient(served.address) as watcher:  # its own channel: the server's stop must not close it
+        follower = threading.Thread(target=lambda: snapshots.extend(watcher.watch_operation(op["id"], timeout=60)))
+        follower.start()
+        wait_for_step(served.client, op["id"])
+        stop_server(served.server, grace=5.0)
+        follower.join(30)
+    last = snapshots[-1]
+    assert last["state"] == "FAILED" and last["error"] == {"code": "UNAVAILABLE", "message": SHUTDOWN}
+    restarted = make_served(tmp_path / "store")
+    restarted.client.wait_ready(60)
+    assert restarted.client.get_operation(op["id"]) == last
 
 
 def test_restart_resolves_every_crash_window_and_prunes_old_records(make_served, png, tmp_path):
