@@ -170,8 +170,10 @@ class OperationStore:
     def request_cancel(self, operation_id: str) -> None:
         self.concepts.guarded(self.concepts.blobs.write, operation_id + CANCEL_SUFFIX, b"")
 
-    def cancel_requested(self, operation_id: str) -> bool:
-        return self.concepts.guarded(self.concepts.blobs.exists, operation_id + CANCEL_SUFFIX)
+    def cancel_requests(self) -> set[str]:
+        """Ids of the operations with a cancellation asked of their server."""
+        names = self.concepts.guarded(self.concepts.blobs.names, CANCEL_SUFFIX, PREFIX)
+        return {n[: -len(CANCEL_SUFFIX)] for n in names}
 
     def clear_cancel(self, operation_id: str) -> None:
         self.concepts.guarded(self.concepts.blobs.delete, operation_id + CANCEL_SUFFIX)

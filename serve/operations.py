@@ -4,7 +4,8 @@ and listed from any connection, and recorded in the concept store so that it out
 The engine tells an operation every event of its job as it happens (`Job.listener`, on the model
 worker's thread), so a watcher on another connection sees each tuning step within milliseconds.
 Records reach the store (`serve.operation_store`) on every change of state, synchronously; progress
-and the heartbeat that says "its server is alive" every `persist_every_s`.
+at most every `persist_every_s` (so other replicas show it within about a second), and a heartbeat
+that says "its server is alive" every quarter of the lease.
 
 Crash windows of a Personalize run as an operation, and what a server that starts (or sweeps)
 afterwards reports:
@@ -67,7 +68,7 @@ class OperationOptions:
     """How long records live and how often they reach the store."""
 
     retention_s: float = 7 * 24 * 3600  # done records are deleted this long after they ended
-    persist_every_s: float = 2.0  # progress and heartbeats of running operations reach the store this often
+    persist_every_s: float = 0.5  # progress of running operations reaches the store this often (at most)
     lease_s: float = 60.0  # an unfinished record whose heartbeat is older belongs to a server that is gone
     sweep_every_s: float = 30.0  # how often orphans of other servers and expired records are looked for
     cancel_wait_s: float = 5.0  # how long CancelOperation waits for the operation to end
@@ -104,6 +105,7 @@ class _Live:
     job: Job | None = None
     version: int = 0
     persisted: int = -1
+    written_at: float = 0.0  # time.time() of the last write: heartbeats renew the lease
     watchers: list[queue.SimpleQueue] = field(default_factory=list)
     finished: threading.Event = field(default_factory=threading.Event)
     write_lock: threading.Lock = field(default_factory=threading.Lock)  # writes of one record in order
@@ -261,7 +263,7 @@ class Operations:
             self.store.request_cancel(operation_id)
             deadline = time.monotonic() + self.options.cancel_wait_s
             while not record.done and time.monotonic() < deadline:
-                time.sleep(min(0.2, self.options.persist_every_s))
+                time.sleep(self.options.persist_every_s)
                 record = self.get(operation_id, tenant)
             record.cancel_requested = True
             return record
@@ -383,7 +385,7 @@ class Operations:
                 raise
             logger.warning("operation %s: its record could not be written (retried): %s", record.id, e)
             return
-        live.persisted = version
+        live.persisted, live.written_at = version, record.heartbeat
 
     # ---- other servers' records, retention
 
@@ -434,11 +436,15 @@ class Operations:
     def _heartbeat(self) -> None:
         with self._lock:
             lives = list(self._live.values())
+        unfinished = [live for live in lives if not live.record.done]
+        # one listing for all, not one request per operation: object stores bill per request
+        cancels = self.store.cancel_requests() if unfinished else set()
+        for live in unfinished:
+            if live.record.id in cancels and not live.record.cancel_requested:
+                self._cancel_live(live)
+            self._persist(live, heartbeat=time.time() - live.written_at > self.options.lease_s / 4)
         for live in lives:
-            if not live.record.done:
-                if self.store.cancel_requested(live.record.id):
-                    self._cancel_live(live)
-                self._persist(live, heartbeat=True)
+            if live in unfinished:
                 continue
             self._persist(live)
             if live.persisted == live.version:  # in the store now: served from there

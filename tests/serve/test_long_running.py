@@ -242,6 +242,25 @@ def test_restart_resolves_every_crash_window_and_prunes_old_records(make_served,
     assert listed == [kept.id, silent.id, replica.id, queued.id, lost.id, stored.id]  # newest first
 
 
+def test_another_replica_on_the_store_watches_and_cancels(make_served, png, tmp_path):
+    options = OperationOptions(persist_every_s=0.1, lease_s=5)
+    runner = make_served(tmp_path / "store", operation_options=options)
+    other = make_served(tmp_path / "store", operation_options=options)
+    runner.client.wait_ready(60)
+    other.client.wait_ready(60)
+    op = runner.client.start_personalize(png(), "faces", method="textual_inversion", steps=3000)
+    seen = wait_for_step(other.client, op["id"], step=2)  # followed through the store, at its write rate
+    assert seen["progress"]["total"] == 3000
+    cancelled = other.client.cancel_operation(op["id"])  # a marker that the runner picks up
+    assert cancelled["state"] == "CANCELLED" and cancelled["cancel_requested"]
+    assert runner.client.get_operation(op["id"])["state"] == "CANCELLED"
+    marker = tmp_path / "store" / f"{op['id']}.cancel"
+    deadline = time.monotonic() + 30
+    while marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not marker.exists()  # cleared once the record is done
+
+
 def test_operations_on_an_s3_store_are_seen_by_another_replica(make_served, s3_server, png):
     url = f"s3://{s3_server.new_bucket()}/concepts"
     first = make_served(ConceptStore(url, storage_options=s3_server.options))
