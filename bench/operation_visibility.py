@@ -9,10 +9,14 @@ the step's progress callback to a watcher holding it, across processes and the l
 Printed per method: `visibility_ms` (p50, p95, max over every step and watcher), `step_ms` (median
 time between steps), `visibility_vs_step` (p95 visibility / median step: below 1, a watcher sees a
 step before the next is done), `visibility_vs_budget` (max visibility / the 1 s budget), and
-`start_vs_job` (the StartPersonalize call / the whole job: how "at once" it returns).
+`start_vs_job` (the StartPersonalize call / the whole job: how "at once" it returns). With
+`--replica`, a second `e4t serve` on the same store and one watcher on it: that server follows the
+record as the first writes it (at most every 0.5 s), so `replica_visibility_ms` is the same
+measure through the store, over the steps it saw (`replica_steps_seen` of them).
 
     python bench/operation_visibility.py                         # ~1 min on 2 cores
     python bench/operation_visibility.py --competitor            # beside a CPU-bound PyTorch process
+    python bench/operation_visibility.py --replica               # plus a watcher on another replica
 """
 
 from __future__ import annotations
@@ -70,7 +74,13 @@ def watch(address: str, operation_id: str, seen: list[tuple[int, float, float]],
                 seen.append((progress["step"], op["updated_unix"], received))
 
 
-def measure(address: str, method: str, steps: int, watchers: int) -> dict:
+def percentiles(latencies: list[float]) -> dict[str, float]:
+    latencies = sorted(latencies)
+    p95 = latencies[int(0.95 * (len(latencies) - 1))]
+    return {"p50": round(statistics.median(latencies), 2), "p95": round(p95, 2), "max": round(latencies[-1], 2)}
+
+
+def measure(address: str, method: str, steps: int, watchers: int, replica: str | None) -> dict:
     from serve.client import E4TClient
 
     image = subject_png()
@@ -80,11 +90,12 @@ def measure(address: str, method: str, steps: int, watchers: int) -> dict:
         began = time.perf_counter()
         op = client.start_personalize(image, "faces", method=method, steps=steps, seed=0)
         start_s = time.perf_counter() - began
-        seen: list[list[tuple[int, float, float]]] = [[] for _ in range(watchers)]
-        ready = [threading.Event() for _ in range(watchers)]
+        addresses = [address] * watchers + ([replica] if replica else [])
+        seen: list[list[tuple[int, float, float]]] = [[] for _ in addresses]
+        ready = [threading.Event() for _ in addresses]
         threads = [
-            threading.Thread(target=watch, args=(address, op["id"], seen[i], ready[i]), daemon=True)
-            for i in range(watchers)
+            threading.Thread(target=watch, args=(at, op["id"], seen[i], ready[i]), daemon=True)
+            for i, at in enumerate(addresses)
         ]
         for thread in threads:
             thread.start()
@@ -98,26 +109,26 @@ def measure(address: str, method: str, steps: int, watchers: int) -> dict:
         final = client.get_operation(op["id"])
     if final["state"] != "SUCCEEDED":
         raise RuntimeError(f"{method}: the operation ended {final['state']}: {final['error']}")
-    latencies = sorted(1000 * (received - updated) for s in seen for _, updated, received in s)
-    stamps = sorted({step: updated for step, updated, _ in seen[0]}.items())
+    local, remote = seen[:watchers], seen[watchers:]
+    latencies = [1000 * (received - updated) for s in local for _, updated, received in s]
+    stamps = sorted({step: updated for step, updated, _ in local[0]}.items())
     step_ms = statistics.median(1000 * (b[1] - a[1]) for a, b in zip(stamps, stamps[1:]))
-    every_step = all([step for step, _, _ in s] == list(range(1, steps + 1)) for s in seen)
-    p95 = latencies[int(0.95 * (len(latencies) - 1))]
-    return {
+    visibility = percentiles(latencies)
+    result = {
         "steps": steps,
         "watchers": watchers,
-        "every_step_seen": every_step,
-        "visibility_ms": {
-            "p50": round(statistics.median(latencies), 2),
-            "p95": round(p95, 2),
-            "max": round(latencies[-1], 2),
-        },  # fmt: skip
+        "every_step_seen": all([step for step, _, _ in s] == list(range(1, steps + 1)) for s in local),
+        "visibility_ms": visibility,
         "step_ms": round(step_ms, 1),
-        "visibility_vs_step": round(p95 / step_ms, 4),
-        "visibility_vs_budget": round(latencies[-1] / 1000, 4),
+        "visibility_vs_step": round(visibility["p95"] / step_ms, 4),
+        "visibility_vs_budget": round(visibility["max"] / 1000, 4),
         "start_ms": round(1000 * start_s, 1),
         "start_vs_job": round(start_s / job_s, 4),
     }
+    if remote:
+        result["replica_visibility_ms"] = percentiles([1000 * (r - u) for _, u, r in remote[0]])
+        result["replica_steps_seen"] = len(remote[0])
+    return result
 
 
 def main() -> int:
@@ -126,22 +137,27 @@ def main() -> int:
     p.add_argument("--dreambooth-steps", type=int, default=40)
     p.add_argument("--textual-inversion-steps", type=int, default=200)
     p.add_argument("--competitor", action="store_true", help="run a CPU-bound PyTorch process beside the server")
+    p.add_argument("--replica", action="store_true", help="a second server on the same store, one watcher on it")
     args = p.parse_args()
     from serve.client import E4TClient
 
     competitor = subprocess.Popen([sys.executable, "-c", COMPETITOR]) if args.competitor else None
     with tempfile.TemporaryDirectory() as tmp:
-        proc, address = start_server(Path(tmp) / "store")
+        servers = [start_server(Path(tmp) / "store") for _ in range(2 if args.replica else 1)]
+        address, replica = servers[0][1], servers[1][1] if args.replica else None
         try:
-            with E4TClient(address) as client:
-                client.wait_ready(300)
+            for _, at in servers:
+                with E4TClient(at) as client:
+                    client.wait_ready(300)
             results = {
-                "dreambooth": measure(address, "dreambooth", args.dreambooth_steps, args.watchers),
-                "textual_inversion": measure(address, "textual_inversion", args.textual_inversion_steps, args.watchers),
-            }
+                method: measure(address, method, steps, args.watchers, replica)
+                for method, steps in (("dreambooth", args.dreambooth_steps),
+                                      ("textual_inversion", args.textual_inversion_steps))
+            }  # fmt: skip
         finally:
-            proc.terminate()
-            proc.wait(30)
+            for proc, _ in servers:
+                proc.terminate()
+                proc.wait(30)
             if competitor is not None:
                 competitor.kill()
                 competitor.wait()
@@ -150,10 +166,12 @@ def main() -> int:
         print(
             f"{method}: {r['steps']} steps, {r['watchers']} watchers, every step seen: {r['every_step_seen']}; "
             f"visibility p50 {v['p50']} ms, p95 {v['p95']} ms, max {v['max']} ms; step {r['step_ms']} ms; "
-            f"StartPersonalize {r['start_ms']} ms",
+            f"StartPersonalize {r['start_ms']} ms"
+            + (f"; replica p50 {r['replica_visibility_ms']['p50']} ms, max {r['replica_visibility_ms']['max']} ms "
+               f"over {r['replica_steps_seen']} steps" if "replica_visibility_ms" in r else ""),
             file=sys.stderr,
-        )
-    print(json.dumps({"competitor": args.competitor, **results}))
+        )  # fmt: skip
+    print(json.dumps({"competitor": args.competitor, "replica": args.replica, **results}))
     return 0
 
 

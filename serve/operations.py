@@ -24,6 +24,7 @@ import copy
 import functools
 import json
 import logging
+import math
 import os
 import queue
 import secrets
@@ -74,9 +75,12 @@ class OperationOptions:
     cancel_wait_s: float = 5.0  # how long CancelOperation waits for the operation to end
 
     def __post_init__(self) -> None:
-        for name in ("retention_s", "persist_every_s", "lease_s", "sweep_every_s", "cancel_wait_s"):
+        for name in ("retention_s", "cancel_wait_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` has to be at least 0 but is {getattr(self, name)}.")
+        for name in ("persist_every_s", "lease_s", "sweep_every_s"):  # the sweeper's intervals
+            if not getattr(self, name) > 0:
+                raise ValueError(f"`{name}` has to be more than 0 but is {getattr(self, name)}.")
         if self.lease_s <= self.persist_every_s:
             raise ValueError(
                 f"`lease_s` ({self.lease_s}) has to be longer than `persist_every_s` ({self.persist_every_s}): "
@@ -92,8 +96,8 @@ def parse_duration(text: str, what: str = "duration") -> float:
         seconds = float(number) * unit
     except ValueError:
         raise ValueError(f"{what} has to be a number with an optional unit s, m, h or d but is {text!r}.") from None
-    if seconds < 0:
-        raise ValueError(f"{what} has to be at least 0 but is {text!r}.")
+    if not 0 <= seconds < math.inf:
+        raise ValueError(f"{what} has to be at least 0 and finite but is {text!r}.")
     return seconds
 
 

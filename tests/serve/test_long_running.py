@@ -298,5 +298,9 @@ def test_durations_and_options():
     assert [parse_duration(t) for t in ("90", "45s", "30m", "12h", "7d")] == [90, 45, 1800, 43200, 604800]
     with pytest.raises(ValueError, match="--operation-retention has to be a number"):
         parse_duration("a week", "--operation-retention")
+    with pytest.raises(ValueError, match="has to be at least 0 and finite"):
+        parse_duration("-1d")
     with pytest.raises(ValueError, match="heartbeats renew the lease"):
         OperationOptions(persist_every_s=5, lease_s=5)
+    with pytest.raises(ValueError, match="`persist_every_s` has to be more than 0"):
+        OperationOptions(persist_every_s=0)
