@@ -60,6 +60,8 @@ RESTART = "the server stopped before the operation finished (restart)"
 SHUTDOWN = "the server stopped before the operation finished (shutdown)"
 ORPHAN_CODE = "UNAVAILABLE"  # retryable: the request was fine, its server went away
 
+_POLL_S = 0.2  # how often a watch of another server's operation reads its record
+
 # ids of this process's Operations not yet closed: their records are alive whatever their pid says
 _LIVE_SERVERS: set[str] = set()
 
@@ -459,14 +461,13 @@ class Operations:
     def _poll(
         self, record: OperationRecord, tenant: str | None, is_active: Callable[[], bool]
     ) -> Iterator[OperationRecord]:
-        """Follows a record another server writes, at the rate it writes it."""
+        """Follows a record another server writes; read every `_POLL_S`, so a change shows within
+        `persist_every_s` + `_POLL_S` of its step."""
         yield record
         while not record.done:
-            deadline = time.monotonic() + self.options.persist_every_s
-            while time.monotonic() < deadline:
-                if not is_active():
-                    return
-                time.sleep(0.1)
+            time.sleep(_POLL_S)
+            if not is_active():
+                return
             latest = self.get(record.id, tenant)
             if latest.updated != record.updated or latest.done:
                 yield latest
