@@ -11,7 +11,7 @@ COMMANDS = {
     "shards": ("shards.cli", "build, synthesize and check WebDataset shards"),
     "pretrain": ("pretrain.cli", "train the embedded base or a domain pack (DeepSpeed)"),
     "serve": ("serve.cli", "run the gRPC server"),
-    "client": ("serve.client_cli", "call a running server: personalize, generate, list, get, delete"),
+    "client": ("serve.client_cli", "call a running server: personalize, operations, generate, list, get, delete"),
     "demo": ("cli.demo", "the whole flow on the embedded default, writing a grid of results"),
     "eval": ("evaluation.cli", "measure personalization: identity, context fidelity, diversity"),
     "personalize": ("cli.personalize", "one image to a concept file, locally: PyTorch or ONNX Runtime"),

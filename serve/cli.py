@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight requests get on shutdown")
     p.add_argument("--health-interval", type=float, default=5.0, help="seconds between concept store checks")
+    p.add_argument(
+        "--operation-retention", default="7d", metavar="DURATION",
+        help="how long records of finished operations are kept (90s, 30m, 12h, 7d; default 7d)",
+    )  # fmt: skip
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--log-format", default="json", choices=("json", "text"), help="json: one object a line")
     return p
@@ -120,6 +124,10 @@ def main(argv: list[str]) -> int:
         for flag, value, least in check:
             if value < least:
                 raise ValueError(f"{flag} has to be at least {least} but is {value:g}.")
+        from serve.operations import OperationOptions, parse_duration
+
+        retention = parse_duration(args.operation_retention, "--operation-retention")
+        operation_options = OperationOptions(retention_s=retention)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -167,6 +175,7 @@ def main(argv: list[str]) -> int:
         server, port = create_server(
             loader, f"{args.host}:{args.port}", max_workers=args.max_workers, auth=auth, tls=tls,
             tenant_limits=tenant_limits, insecure_open=args.insecure_open, health_interval=args.health_interval,
+            operation_options=operation_options,
         )  # fmt: skip
     except Exception as e:  # a bad flag, file or store: say which, exit 2, no traceback
         print(f"error: {e}", file=sys.stderr)

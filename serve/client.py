@@ -56,11 +56,53 @@ def concept_dict(info: pb2.ConceptInfo) -> dict[str, Any]:
     }
 
 
+def operation_dict(op: pb2.Operation) -> dict[str, Any]:
+    """An Operation as plain data; `state` by name ("QUEUED" ... "CANCELLED"), `error` None unless FAILED."""
+    return {
+        "id": op.id,
+        "state": pb2.Operation.State.Name(op.state),
+        "progress": {"step": op.progress.step, "total": op.progress.total, "loss": op.progress.loss,
+                     "stage": op.progress.stage},
+        "method": op.method,
+        "domain": op.domain,
+        "steps": op.steps,
+        "seed": op.seed,
+        "created_unix": op.created_unix,
+        "updated_unix": op.updated_unix,
+        "error": {"code": op.error.code, "message": op.error.message} if op.HasField("error") else None,
+        "concepts": [concept_dict(c) for c in op.concepts],
+        "cancel_requested": op.cancel_requested,
+    }  # fmt: skip
+
+
+DONE_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
 TOKEN_ENV = "E4T_TOKEN"
 
 
 def _read(path: str | Path | None) -> bytes | None:
     return None if path is None else Path(path).read_bytes()
+
+
+def _personalize_request(
+    image: bytes | str | Path | Image.Image,
+    domain: str,
+    steps: int | None,
+    seed: int,
+    mask: bytes | str | Path | Image.Image | None,
+    method: str,
+    owner: str,
+) -> pb2.PersonalizeRequest:
+    request = pb2.PersonalizeRequest(
+        image=_image_bytes(image),
+        mask=b"" if mask is None else _image_bytes(mask),
+        domain=domain,
+        method=method,
+        seed=seed,
+        owner=owner,
+    )
+    if steps is not None:
+        request.steps = steps
+    return request
 
 
 class _Metadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
@@ -172,16 +214,7 @@ class E4TClient:
 
         `method`: "e4t", "textual_inversion" or "dreambooth"; `steps` None: the method's default.
         """
-        request = pb2.PersonalizeRequest(
-            image=_image_bytes(image),
-            mask=b"" if mask is None else _image_bytes(mask),
-            domain=domain,
-            method=method,
-            seed=seed,
-            owner=owner,
-        )
-        if steps is not None:
-            request.steps = steps
+        request = _personalize_request(image, domain, steps, seed, mask, method, owner)
         concept = None
         # read the stream to its end: leaving after the concept would cancel an RPC that succeeded
         for event in self.stub.Personalize(request, timeout=self.timeout):
@@ -236,3 +269,60 @@ class E4TClient:
 
     def delete_concept(self, concept_id: str) -> None:
         self.stub.DeleteConcept(pb2.DeleteConceptRequest(id=concept_id), timeout=self.timeout)
+
+    # ---- long jobs as operations
+
+    def start_personalize(
+        self,
+        image: bytes | str | Path | Image.Image,
+        domain: str,
+        *,
+        steps: int | None = None,
+        seed: int = 0,
+        mask: bytes | str | Path | Image.Image | None = None,
+        method: str = "e4t",
+        owner: str = "",
+    ) -> dict[str, Any]:
+        """Starts a Personalize as an operation and returns it at once (see `operation_dict`); a bad request raises."""
+        request = _personalize_request(image, domain, steps, seed, mask, method, owner)
+        return operation_dict(self.stub.StartPersonalize(request, timeout=self.timeout))
+
+    def get_operation(self, operation_id: str) -> dict[str, Any]:
+        return operation_dict(self.stub.GetOperation(pb2.GetOperationRequest(id=operation_id), timeout=self.timeout))
+
+    def watch_operation(self, operation_id: str, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Yields the operation now, then at each change (every tuning step), ending with the one that is done.
+
+        `timeout`: deadline of the whole watch in seconds (None: none, a long job takes minutes).
+        """
+        for op in self.stub.WatchOperation(pb2.WatchOperationRequest(id=operation_id), timeout=timeout):
+            yield operation_dict(op)
+
+    def wait_operation(
+        self, operation_id: str, on_update: Callable[[dict[str, Any]], None] | None = None, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Watches until the operation is done and returns it; `on_update(operation)` sees every snapshot."""
+        last = None
+        for last in self.watch_operation(operation_id, timeout):
+            if on_update is not None:
+                on_update(last)
+        if last is None or last["state"] not in DONE_STATES:
+            raise RuntimeError(f"the server ended the watch of {operation_id} before the operation was done.")
+        return last
+
+    def cancel_operation(self, operation_id: str) -> dict[str, Any]:
+        """Cancels at the next tuning step; returns the operation (CANCELLED, or still ending: `cancel_requested`)."""
+        request = pb2.CancelOperationRequest(id=operation_id)
+        return operation_dict(self.stub.CancelOperation(request, timeout=self.timeout))
+
+    def list_operations(self, page_size: int = 100) -> Iterator[dict[str, Any]]:
+        """The caller's operations, newest first, fetched page by page."""
+        token = ""
+        while True:
+            request = pb2.ListOperationsRequest(page_size=page_size, page_token=token)
+            response = self.stub.ListOperations(request, timeout=self.timeout)
+            for op in response.operations:
+                yield operation_dict(op)
+            token = response.next_page_token
+            if not token:
+                return

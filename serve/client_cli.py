@@ -4,6 +4,9 @@ e4t client domains
 e4t client personalize me.png --domain faces [--method e4t|textual_inversion|dreambooth] [--steps N] [--mask mask.png]
 e4t client generate --prompt "a photo of {c_0123456789ab} on the beach" --out out/ [--num-images 4]
 e4t client list [--domain faces] | get ID | delete ID
+e4t client personalize me.png --domain faces --method dreambooth --detach   # prints the operation id, returns
+e4t client operations watch OP_ID      # progress bar until done, then the concept id(s)
+e4t client operations get OP_ID | cancel OP_ID | list
 
 A server with tokens: --token TOKEN or $E4T_TOKEN; with TLS: --tls-ca ca.pem (and
 --tls-cert/--tls-key for a client certificate).
@@ -43,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     pers.add_argument("--seed", type=int, default=0)
     pers.add_argument("--method", default="e4t", choices=METHODS, help="personalization method (default: e4t)")
     pers.add_argument("--owner", default="")
+    pers.add_argument(
+        "--detach", action="store_true", help="start it as an operation: print its id and return (see `operations`)"
+    )
 
     gen = sub.add_parser("generate", help="generate images; writes PNGs into --out")
     gen.add_argument("--prompt", required=True)
@@ -57,7 +63,51 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--domain", default="")
     for name, help_ in (("get", "print one concept's metadata"), ("delete", "delete a concept")):
         sub.add_parser(name, help=help_).add_argument("id")
+
+    ops = sub.add_parser("operations", help="long jobs started with `personalize --detach`").add_subparsers(
+        dest="op_command", required=True
+    )
+    for name, help_ in (
+        ("get", "print an operation as JSON"),
+        ("watch", "show its progress until it is done, then print the concept id(s)"),
+        ("cancel", "stop it at its next tuning step; prints it as JSON"),
+    ):
+        ops.add_parser(name, help=help_).add_argument("id")
+    ops.add_parser("list", help="your operations as JSON lines, newest first")
     return p
+
+
+def _watch(client, operation_id: str) -> int:
+    """A progress bar (step/total, loss, stage) until the operation is done; 0 only if it SUCCEEDED."""
+    with tqdm(desc=operation_id, unit="step", file=sys.stderr) as bar:
+
+        def on_update(op: dict) -> None:
+            progress = op["progress"]
+            bar.total = progress["total"]
+            bar.n = progress["step"]
+            bar.set_postfix(state=op["state"], stage=progress["stage"], loss=f"{progress['loss']:.4f}")
+
+        op = client.wait_operation(operation_id, on_update)
+    if op["state"] != "SUCCEEDED":
+        error = op["error"] or {"code": "CANCELLED", "message": "cancelled"}
+        print(f"error: operation {operation_id} {op['state']}: {error['code']}: {error['message']}", file=sys.stderr)
+        return 1
+    for concept in op["concepts"]:
+        print(concept["id"])
+    return 0
+
+
+def _operations(client, args: argparse.Namespace) -> int:
+    if args.op_command == "watch":
+        return _watch(client, args.id)
+    if args.op_command == "get":
+        print(json.dumps(client.get_operation(args.id), indent=2))
+    elif args.op_command == "cancel":
+        print(json.dumps(client.cancel_operation(args.id), indent=2))
+    elif args.op_command == "list":
+        for op in client.list_operations():
+            print(json.dumps(op))
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -70,6 +120,14 @@ def _run(args: argparse.Namespace) -> int:
     with client:
         if args.command == "domains":
             print(json.dumps(client.list_domains(), indent=2))
+        elif args.command == "personalize" and args.detach:
+            op = client.start_personalize(
+                args.image, args.domain, steps=args.steps, seed=args.seed, mask=args.mask, method=args.method,
+                owner=args.owner,
+            )  # fmt: skip
+            print(op["id"])
+        elif args.command == "operations":
+            return _operations(client, args)
         elif args.command == "personalize":
             with tqdm(desc="personalize", unit="step", file=sys.stderr) as bar:
 

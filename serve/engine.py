@@ -74,6 +74,11 @@ class Job:
     run: Callable[[Job], Any]
     deadline: float | None = None  # time.monotonic() value
     spec: GenerateSpec | None = None  # set for Generate: the worker batches these instead of calling `run`
+    # told every event as it happens, on the thread that makes it, plus "started" (the worker took the
+    # job up) and "saving" (the concept ids about to be stored); only a "saving" listener may raise,
+    # which fails the job before anything is stored (serve.operations writes its record there)
+    listener: Callable[[str, Any], None] | None = None
+    started: threading.Event = field(default_factory=threading.Event, repr=False)
     _events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue, repr=False)
     _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -94,9 +99,25 @@ class Job:
 
     def emit(self, kind: str, payload: Any) -> None:
         self._events.put((kind, payload))
+        self.tell(kind, payload)
+
+    def tell(self, kind: str, payload: Any) -> None:
+        """Tells the listener (if any) of an event; a "saving" listener's error propagates, others are logged."""
+        if self.listener is None:
+            return
+        if kind == "saving":
+            self.listener(kind, payload)
+            return
+        try:
+            self.listener(kind, payload)
+        except Exception:  # a listener must never take the model worker down
+            logger.exception("listener of a %s job failed on %r", self.kind, kind)
 
     def execute(self) -> None:
         """Runs the job on the calling (worker) thread; never raises."""
+        # started before the check: a canceller that still sees it unset knows the job will never run
+        self.started.set()
+        self.tell("started", None)
         try:
             self.check()
             result = self.run(self)
@@ -430,8 +451,12 @@ class Engine:
         owner: str = "",
         *,
         timeout: float | None = None,
+        listener: Callable[[str, Any], None] | None = None,
     ) -> Job:
-        """Validates and queues a personalization; its events are ("progress", (step, total, loss, stage))."""
+        """Validates and queues a personalization; its events are ("progress", (step, total, loss, stage)).
+
+        `listener`: see `Job.listener`; it is told before the job is queued.
+        """
         # 1. check inputs
         limits = self.limits
         method = check_method(method, METHODS)
@@ -470,9 +495,10 @@ class Engine:
             )
             job.check()  # a cancelled request is not acknowledged, so its concept is not kept
             job.emit("progress", (steps, steps, 0.0, "saving"))
+            job.tell("saving", [concept.id])
             return self.store.put(concept)
 
-        job = Job("personalize", run, None if timeout is None else time.monotonic() + timeout)
+        job = Job("personalize", run, None if timeout is None else time.monotonic() + timeout, listener=listener)
         job.emit("progress", (0, steps, 0.0, "queued"))
         return self._submit(job)
 

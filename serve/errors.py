@@ -35,6 +35,10 @@ class PermissionDenied(ServeError):
     """A valid tenant asked for something only another tenant may do."""
 
 
+class FailedPrecondition(ServeError):
+    """The request does not fit the state of what it names (cancelling an operation that is done)."""
+
+
 class RateLimited(ServeError):
     """A tenant is over its rate or quota; `retry_after_s` says when to try again (None: not by waiting)."""
 
@@ -46,6 +50,7 @@ class RateLimited(ServeError):
 __all__ = [
     "Cancelled",
     "DeadlineExceeded",
+    "FailedPrecondition",
     "NotReady",
     "PermissionDenied",
     "QueueFull",

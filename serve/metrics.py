@@ -35,6 +35,8 @@ CONCEPT_CACHE = Counter("e4t_concept_cache_lookups_total", "Concept lookups in t
 CONCEPT_CACHE_BYTES = Gauge("e4t_concept_cache_bytes", "Bytes of concept tensors held in the in-memory cache")
 CONCEPTS_TUNED = Counter("e4t_concepts_tuned_total", "Concepts personalized and stored", ["method", "domain"])
 RATE_LIMITED = Counter("e4t_rate_limited_total", "Requests refused by a tenant's rate or quota", ["reason"])
+OPERATIONS = Gauge("e4t_operations", "Operations of this server not done yet, by state (queued, running)", ["state"])
+OPERATIONS_DONE = Counter("e4t_operations_done_total", "Operations that ended, by state", ["state"])
 
 _queues: weakref.WeakKeyDictionary[object, Callable[[], int]] = weakref.WeakKeyDictionary()
 _queues_lock = threading.Lock()

@@ -30,6 +30,7 @@ from serve.api import SERVICE_NAME, pb2_grpc
 from serve.auth import TlsConfig, TokenAuth
 from serve.engine import Engine
 from serve.limits import Limits, TenantLimits
+from serve.operations import OperationOptions
 from serve.servicer import E4TServicer
 
 logger = logging.getLogger(__name__)
@@ -130,6 +131,7 @@ def create_server(
     tenant_limits: TenantLimits | None = None,
     insecure_open: bool = False,
     health_interval: float = 5.0,
+    operation_options: OperationOptions | None = None,
 ) -> tuple[grpc.Server, int]:
     """Starts a server on `address` ("127.0.0.1:0" picks a free port) and returns it with its port.
 
@@ -138,6 +140,7 @@ def create_server(
     largest accepted message when a loader is given (an Engine brings its own).
     `auth`: bearer tokens to tenants; `tls`: a certificate (and a client CA for mTLS).
     Without either, only a loopback address is accepted unless `insecure_open`.
+    `operation_options`: retention and persistence of long-running operations.
     """
     host = address.rsplit(":", 1)[0]
     authenticated = auth is not None or (tls is not None and tls.client_ca is not None)
@@ -153,7 +156,7 @@ def create_server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="e4t-grpc"),
         options=[("grpc.max_receive_message_length", limits.max_request_bytes + _MESSAGE_OVERHEAD)],
     )
-    servicer = E4TServicer(auth=auth, tenant_limits=tenant_limits)
+    servicer = E4TServicer(auth=auth, tenant_limits=tenant_limits, operation_options=operation_options)
     pb2_grpc.add_E4TServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer(
         experimental_non_blocking=True, experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=1)
@@ -188,6 +191,7 @@ def stop_server(server: grpc.Server, grace: float = 5.0) -> None:
     if state is not None:
         state.stopped.set()
         state.health.enter_graceful_shutdown()
+        state.servicer.close()  # operations end FAILED (shutdown) while their watchers can still hear it
     server.stop(grace).wait()
     if state is not None and state.engine is not None:
         state.engine.close(timeout=grace)

@@ -30,6 +30,7 @@ from serve.engine import Engine, Job
 from serve.errors import (
     Cancelled,
     DeadlineExceeded,
+    FailedPrecondition,
     NotReady,
     PermissionDenied,
     QueueFull,
@@ -39,6 +40,8 @@ from serve.errors import (
     Unauthenticated,
 )
 from serve.limits import CONCEPT_ID_RE, RateLimiter, TenantLimits
+from serve.operation_store import OperationRecord
+from serve.operations import OperationOptions, Operations
 from serve.store import ConceptRecord
 
 logger = logging.getLogger(__name__)
@@ -56,6 +59,7 @@ _STATUS: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (StoreCorrupt, grpc.StatusCode.DATA_LOSS),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
 ]
 REQUEST_ID = "x-request-id"
 # the standard gRPC retry pushback trailer, and a plain one for clients without a retry policy
@@ -134,7 +138,7 @@ def _rpc(method: Callable) -> Callable:
                    "duration_ms": round(elapsed * 1000, 2)},
         )  # fmt: skip
 
-    if name in ("Personalize", "Generate"):
+    if name in ("Personalize", "Generate", "WatchOperation"):
 
         @functools.wraps(method)
         def stream(self: E4TServicer, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
@@ -180,6 +184,25 @@ def concept_info(record: ConceptRecord) -> pb2.ConceptInfo:
     )
 
 
+def operation_message(record: OperationRecord) -> pb2.Operation:
+    message = pb2.Operation(
+        id=record.id,
+        state=pb2.Operation.State.Value(record.state),
+        progress=pb2.Progress(step=record.step, total=record.total, loss=record.loss, stage=record.stage),
+        method=record.method,
+        domain=record.domain,
+        steps=record.steps,
+        seed=record.seed,
+        created_unix=record.created,
+        updated_unix=record.updated,
+        concepts=[concept_info(c) for c in record.concepts],
+        cancel_requested=record.cancel_requested,
+    )
+    if record.error_code:
+        message.error.code, message.error.message = record.error_code, record.error_message
+    return message
+
+
 def _optional(request: Any, name: str) -> Any:
     return getattr(request, name) if request.HasField(name) else None
 
@@ -195,19 +218,44 @@ class E4TServicer(pb2_grpc.E4TServicer):
     """Serves one engine; until `set_engine` is called every RPC is UNAVAILABLE.
 
     `auth`: tokens that map to tenants (None: open, one implicit tenant that sees everything);
-    `tenant_limits`: each tenant's rate and concept quota.
+    `tenant_limits`: each tenant's rate and concept quota; `operation_options`: retention and
+    persistence of long-running operations.
     """
 
     def __init__(
-        self, engine: Engine | None = None, *, auth: TokenAuth | None = None, tenant_limits: TenantLimits | None = None
+        self,
+        engine: Engine | None = None,
+        *,
+        auth: TokenAuth | None = None,
+        tenant_limits: TenantLimits | None = None,
+        operation_options: OperationOptions | None = None,
     ) -> None:
-        self._engine = engine
+        self._engine = None
         self.auth = auth
         self.tenant_limits = tenant_limits or TenantLimits()
         self.limiter = RateLimiter(self.tenant_limits)
+        self.operation_options = operation_options
+        self._operations: Operations | None = None
+        if engine is not None:
+            self.set_engine(engine)
 
     def set_engine(self, engine: Engine) -> None:
+        # operations first: orphans of an earlier process are resolved before any call sees the engine
+        self._operations = Operations(
+            engine, self.operation_options, lambda e: (_status_of(e)[0].name, _status_of(e)[1])
+        )
         self._engine = engine
+
+    @property
+    def operations(self) -> Operations:
+        if self._operations is None:
+            raise NotReady("the server is still loading its models; retry when health is SERVING.")
+        return self._operations
+
+    def close(self) -> None:
+        """Records the operations still running as FAILED (shutdown); the engine is closed by its owner."""
+        if self._operations is not None:
+            self._operations.close()
 
     @property
     def loaded_engine(self) -> Engine | None:
@@ -243,8 +291,8 @@ class E4TServicer(pb2_grpc.E4TServicer):
         ]
         return pb2.ListDomainsResponse(domains=domains, base_hash=engine.base.hash)
 
-    @_rpc
-    def Personalize(self, request: pb2.PersonalizeRequest, context: grpc.ServicerContext, call: Call) -> Iterator[Any]:
+    def _personalize_owner(self, request: pb2.PersonalizeRequest, call: Call) -> str:
+        """The owner a Personalize records (the caller's tenant where there are tokens), within its quota."""
         engine = self.engine
         owner = request.owner
         if call.tenant is not None:
@@ -260,6 +308,12 @@ class E4TServicer(pb2_grpc.E4TServicer):
                     f"tenant {call.tenant or '(open)'} holds {held} concepts, its quota is {quota}; "
                     "delete some before personalizing more."
                 )
+        return owner
+
+    @_rpc
+    def Personalize(self, request: pb2.PersonalizeRequest, context: grpc.ServicerContext, call: Call) -> Iterator[Any]:
+        engine = self.engine
+        owner = self._personalize_owner(request, call)
         job = engine.submit_personalize(
             request.image,
             request.mask,
@@ -338,3 +392,42 @@ class E4TServicer(pb2_grpc.E4TServicer):
         self._owned(call, request.id)
         self.engine.delete_concept(request.id)
         return pb2.DeleteConceptResponse()
+
+    # ---- long jobs as operations (serve/operations.py)
+
+    @_rpc
+    def StartPersonalize(
+        self, request: pb2.PersonalizeRequest, context: grpc.ServicerContext, call: Call
+    ) -> pb2.Operation:
+        owner = self._personalize_owner(request, call)
+        record = self.operations.start(
+            request.image, request.mask, request.domain, request.method, _optional(request, "steps"),
+            _optional(request, "seed"), owner, call.tenant,
+        )  # fmt: skip
+        return operation_message(record)
+
+    @_rpc
+    def GetOperation(
+        self, request: pb2.GetOperationRequest, context: grpc.ServicerContext, call: Call
+    ) -> pb2.Operation:
+        return operation_message(self.operations.get(request.id, call.tenant))
+
+    @_rpc
+    def WatchOperation(
+        self, request: pb2.WatchOperationRequest, context: grpc.ServicerContext, call: Call
+    ) -> Iterator[pb2.Operation]:
+        for record in self.operations.watch(request.id, call.tenant, context.is_active):
+            yield operation_message(record)
+
+    @_rpc
+    def CancelOperation(
+        self, request: pb2.CancelOperationRequest, context: grpc.ServicerContext, call: Call
+    ) -> pb2.Operation:
+        return operation_message(self.operations.cancel(request.id, call.tenant))
+
+    @_rpc
+    def ListOperations(
+        self, request: pb2.ListOperationsRequest, context: grpc.ServicerContext, call: Call
+    ) -> pb2.ListOperationsResponse:
+        records, token = self.operations.list(call.tenant, request.page_size, request.page_token)
+        return pb2.ListOperationsResponse(operations=[operation_message(r) for r in records], next_page_token=token)

@@ -82,7 +82,7 @@ class Blobs(Protocol):
 
     def exists(self, name: str) -> bool: ...
 
-    def names(self, suffix: str) -> list[str]: ...
+    def names(self, suffix: str, prefix: str = "c_") -> list[str]: ...  # concepts by default; `op_` operations
 
     def ping(self) -> None: ...  # raises if the backend cannot be reached
 
@@ -117,8 +117,8 @@ class LocalBlobs:
     def exists(self, name: str) -> bool:
         return (self.root / name).is_file()
 
-    def names(self, suffix: str) -> list[str]:
-        return sorted(p.name for p in self.root.glob(f"c_*{suffix}"))
+    def names(self, suffix: str, prefix: str = "c_") -> list[str]:
+        return sorted(p.name for p in self.root.glob(f"{prefix}*{suffix}"))
 
     def ping(self) -> None:
         if not self.root.is_dir():
@@ -196,6 +196,11 @@ class ConceptStore:
                 logger.error("concept store %s cannot be reached: %s", self.url, e)
                 raise StoreUnavailable("the concept store cannot be reached; retry later.") from e
             raise
+
+    def guarded(self, fn, *args):
+        """Runs `fn(*args)`, a call of `self.blobs` (for records kept beside the concepts): StoreUnavailable
+        when the backend cannot be reached."""
+        return self._guard(fn, *args)
 
     # ---- the index
 

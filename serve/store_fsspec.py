@@ -62,14 +62,14 @@ class FsspecBlobs:
         self.fs.invalidate_cache(self._path(name))
         return self.fs.exists(self._path(name))
 
-    def names(self, suffix: str) -> list[str]:
+    def names(self, suffix: str, prefix: str = "c_") -> list[str]:
         self.fs.invalidate_cache(self.root)
         try:
             paths = self.fs.ls(self.root, detail=False)
         except FileNotFoundError:  # an empty prefix has no "folder" on object storage
             return []
         names = (p.rstrip("/").rsplit("/", 1)[-1] for p in paths)
-        return sorted(n for n in names if n.startswith("c_") and n.endswith(suffix))
+        return sorted(n for n in names if n.startswith(prefix) and n.endswith(suffix))
 
     def ping(self) -> None:
         bucket = self.root.split("/", 1)[0]
