@@ -91,6 +91,12 @@ def offsets_of(packs: Mapping, concepts: Sequence[Concept]) -> list[tuple[Concep
     return out
 
 
+def check_combination(base, packs: Mapping, concepts: Sequence[Concept]) -> None:
+    """Every check of a combined prompt (count, base, domain, pack, layout), without encoding anything."""
+    check_concepts(base, packs, concepts)
+    offsets_of(packs, concepts)
+
+
 def combine(packs: Mapping, tuned: Sequence[tuple[Concept, Offsets]], rule: str = RULE) -> Entries:
     """The (offsets, weight) entries whose weighted sum of B @ A is the prompt's weight offset under `rule`."""
     if rule not in RULES:

@@ -31,18 +31,10 @@ def render(domain: str, identity: int) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def world(tiny_base_dir, tiny_tuned_pack_path, tmp_path_factory):
+def world(tiny_base_dir, tiny_tuned_pack_path, tiny_cats_pack_path):
     """The tiny base with a faces pack and a cats pack (different non-zero offsets), and concepts of every method."""
-    from tests.conftest import TINY_VISION
-
     base = load_base(tiny_base_dir)
-    faces = load_pack(tiny_tuned_pack_path, base)
-    cats = DomainPack.initial(base, "cats", "cat", vision=TINY_VISION, seed=1)
-    generator = torch.Generator().manual_seed(1)
-    cats.offsets = {k: 0.2 * torch.randn(v.shape, generator=generator) for k, v in cats.offsets.items()}
-    path = tmp_path_factory.mktemp("cats_pack") / "cats.safetensors"
-    cats.save(path)
-    packs = {"faces": faces, "cats": load_pack(path, base)}
+    packs = {"faces": load_pack(tiny_tuned_pack_path, base), "cats": load_pack(tiny_cats_pack_path, base)}
     concepts = {
         "face": personalize(base, packs["faces"], render("faces", 0), steps=2, seed=0),
         "face2": personalize(base, packs["faces"], render("faces", 1), steps=2, seed=0),
