@@ -10,8 +10,8 @@ prompts and seeds (`evaluation.combined`). Per-concept id_sim comes from crops o
 (`evaluation.per_concept`); the distractor column scores the same combined images against
 held-out identities the prompt does not name (the floor).
 
-Writes OUT/results.json and OUT/grid.png (first pair, first prompt: a alone, b alone, then a and b
-under each rule); the last line printed is the table's rows as one JSON object.
+Writes OUT/results.json and OUT/grid.png (first pair, first prompt: the inputs, a alone, b alone,
+then both under each rule); the last line printed is the table's rows as one JSON object.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from e4t import load_base, load_pack  # noqa: E402
 from e4t.combine import RULES  # noqa: E402
 from e4t.embedded import artifacts_root, default_paths  # noqa: E402
 from e4t.judges import load_judges  # noqa: E402
-from evaluation.combined import CombinedConfig, run_combined  # noqa: E402
+from evaluation import protocol  # noqa: E402
+from evaluation.combined import CombinedConfig, name_pair, run_combined  # noqa: E402
 
 COLUMNS = ("domain", "rule", "id_sim", "id_sim_alone", "id_sim_distractor", "context_acc", "context_acc_alone")
 
@@ -48,19 +49,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def write_grid(path: Path, grids: dict[str, list[tuple[str, list[Image.Image]]]], scale: int = 2) -> None:
-    """One block per domain pair: a row per prompt (label, then its images), pixels scaled up."""
-    lines = [(f"{pair}: {text}", images) for pair, rows in grids.items() for text, images in rows]
-    size = lines[0][1][0].width * scale
-    n = max(len(images) for _, images in lines)
-    label_w, line_h = 300, size + 4
-    sheet = Image.new("RGB", (label_w + n * (size + 2), len(lines) * line_h), "white")
+def write_grid(path: Path, grids: dict[str, list[tuple[str, list[Image.Image]]]], prompt: str, scale: int = 2) -> None:
+    """A row per domain pair, a labelled cell per entry (inputs, each alone, both under each rule), pixels scaled up."""
+    size = next(iter(grids.values()))[0][1][0].width * scale
+    entries = next(iter(grids.values()))
+    widths = [len(images) * (size + 2) + 8 for _, images in entries]
+    label_w, head_h = 90, 32
+    sheet = Image.new("RGB", (label_w + sum(widths), head_h + len(grids) * (size + 6)), "white")
     draw = ImageDraw.Draw(sheet)
-    for r, (text, images) in enumerate(lines):
-        y = r * line_h
-        draw.text((4, y + size // 2 - 6), text[:48], fill="black")
-        for k, image in enumerate(images):
-            sheet.paste(image.resize((size, size), Image.Resampling.NEAREST), (label_w + k * (size + 2), y))
+    draw.text((4, 2), prompt, fill="black")
+    for r, (pair, cells) in enumerate(grids.items()):
+        y = head_h + r * (size + 6)
+        draw.text((4, y + size // 2 - 6), pair, fill="black")
+        x = label_w
+        for (label, images), w in zip(cells, widths, strict=True):
+            if r == 0:
+                draw.text((x, head_h - 14), label, fill="black")
+            for k, image in enumerate(images):
+                sheet.paste(image.resize((size, size), Image.Resampling.NEAREST), (x + k * (size + 2), y))
+            x += w
     sheet.save(path, optimize=True)
 
 
@@ -82,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"config": vars(config) | {"rules": rules}, "rows": rows, "wall_s": round(time.perf_counter() - started)}
     (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    write_grid(args.out / "grid.png", grids)
+    first = protocol.prompts("faces", quick=True)[0]
+    write_grid(args.out / "grid.png", grids, name_pair(first, "a", "b") + f" (seed {protocol.generation_seed(first)})")
     widths = [max(len(c), 9) for c in COLUMNS]
     print("  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True)))
     for row in rows:

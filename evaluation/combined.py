@@ -31,6 +31,7 @@ from evaluation.per_concept import score_concepts
 from evaluation.protocol import Prompt, Subject
 
 SECTION = "combined"
+DISTRACTORS = 3  # distractor pairs per domain pair; one identity alone is too noisy a floor
 JOIN = "{a} and {b}"  # how a combined prompt names the pair where the protocol's prompt names one subject
 
 
@@ -62,13 +63,9 @@ def pair_subjects(pair: tuple[str, str], count: int) -> list[tuple[Subject, Subj
     return list(zip(protocol.heldout_identities(a, count), protocol.heldout_identities(b, count), strict=True))
 
 
-def distractors(pair: tuple[str, str], count: int) -> tuple[Subject, Subject]:
-    """Held-out subjects no pair uses, one for each position of the pair."""
-    a, b = pair
-    if a == b:
-        d = protocol.heldout_identities(a, 2, skip=2 * count)
-        return d[0], d[1]
-    return protocol.heldout_identities(a, 1, skip=count)[0], protocol.heldout_identities(b, 1, skip=count)[0]
+def distractors(pair: tuple[str, str], count: int, n: int = DISTRACTORS) -> list[tuple[Subject, Subject]]:
+    """`n` pairs of held-out subjects that no scored pair uses: stand-ins for the floor."""
+    return pair_subjects(pair, count + n)[count:]
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -99,8 +96,8 @@ def run_combined(
 ) -> tuple[list[dict], dict[str, list[tuple[str, list[Image.Image]]]]]:
     """The combined rows (one per domain pair and rule), and a few images per domain pair for a grid.
 
-    Images: domain pair -> [(prompt text with roles, images)], the first pair's first prompt: a alone,
-    b alone, then a and b under each rule.
+    Images: domain pair -> [(label, images)] of the first pair on the first prompt: the input images,
+    a alone, b alone, then both under each rule.
     """
     rows, grids = [], {}
     for pair in domain_pairs(domains):
@@ -109,7 +106,7 @@ def run_combined(
         floor = distractors(pair, config.pairs)
         size = base.resolution
         refs = {s.identity: protocol.reference_images(s, config.references, size) for ab in subjects for s in ab}
-        refs.update({s.identity: protocol.reference_images(s, config.references, size) for s in floor})
+        refs.update({s.identity: protocol.reference_images(s, config.references, size) for ab in floor for s in ab})
         prompts = protocol.prompts(pair[0], quick=config.quick)
         total = len(subjects) * len(prompts) * (2 + len(rules))
         bar = tqdm(total=total, desc=f"combined {label}", unit="prompt", disable=not progress)
@@ -136,6 +133,10 @@ def run_combined(
         for k, (sa, sb) in enumerate(subjects):
             ca, cb = concepts[sa.identity], concepts[sb.identity]
             named = {ca.id: ca, cb.id: cb}
+            if k == 0:
+                grids[label] = [
+                    (f"input {role}", [protocol.input_image(x, size)]) for role, x in (("a", sa), ("b", sb))
+                ]
             for p in prompts:
                 seed = protocol.generation_seed(p, config.seed)
                 for role, s, c in (("a", sa, ca), ("b", sb, cb)):
@@ -144,7 +145,7 @@ def run_combined(
                     alone[role].append(result.id_sim[s.identity])
                     alone["ctx"].append(result.context_acc)
                     if k == 0 and p is prompts[0]:
-                        grids.setdefault(label, []).append((p.for_concept(role), images))
+                        grids[label].append((f"{{{role}}} alone", images))
                     bar.update(1)
                 for rule in rules:
                     t = time.perf_counter()
@@ -156,19 +157,18 @@ def run_combined(
                         {sa.identity: refs[sa.identity], sb.identity: refs[sb.identity]},
                         context=p.named,
                     )
-                    wrong = score_concepts(
-                        judges,
-                        images,
-                        {floor[0].identity: refs[floor[0].identity], floor[1].identity: refs[floor[1].identity]},
-                    )
                     out = scores[rule]
                     out["a"].append(result.id_sim[sa.identity])
                     out["b"].append(result.id_sim[sb.identity])
-                    out["floor_a"].append(wrong.id_sim[floor[0].identity])
-                    out["floor_b"].append(wrong.id_sim[floor[1].identity])
+                    for fa, fb in floor:  # the same images and crop rule, identities the prompt does not name
+                        wrong = score_concepts(
+                            judges, images, {fa.identity: refs[fa.identity], fb.identity: refs[fb.identity]}
+                        )
+                        out["floor_a"].append(wrong.id_sim[fa.identity])
+                        out["floor_b"].append(wrong.id_sim[fb.identity])
                     out["ctx"].append(result.context_acc)
                     if k == 0 and p is prompts[0]:
-                        grids[label].append((f"{name_pair(p, 'a', 'b')} [{rule}]", images))
+                        grids[label].append((f"both, {rule}", images))
                     bar.update(1)
         bar.close()
 
