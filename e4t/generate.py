@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from e4t.base import Base
+from e4t.combine import RULE, check_concepts, combine, offset_config, offsets_of
 from e4t.concept import Concept
 from e4t.errors import Cancelled, InvalidInput, NotFound
 from e4t.offsets import OffsetConfig, activate_offsets, per_sample_offsets
@@ -53,11 +54,11 @@ def generate(
     prepared = prepare_prompt(base, packs, concepts, prompt, negative_prompt)
     prompt_embeds, negative_embeds = prepared.prompt_embeds, prepared.negative_embeds
 
-    # 4. activate the concepts' weight offsets (averaged when several)
+    # 4. activate the concepts' weight offsets, combined as `e4t.combine.RULE` says
     unet = base.unet
     tuned = prepared.offsets
     if tuned:
-        activate_offsets(unet, prepared.offset_config, [offsets for offsets, _ in tuned])
+        activate_offsets(unet, prepared.offset_config, [o for o, _ in tuned], weights=[w for _, w in tuned])
 
     # 5. denoise, a batch at a time, one seeded generator per image
     def check_cancel(pipe, i, t, kwargs):
@@ -106,22 +107,21 @@ def prepare_prompt(
     concepts: Mapping[str, Concept],
     prompt: str,
     negative_prompt: str = "",
+    rule: str = RULE,
 ) -> PreparedPrompt:
     """Check the concepts `prompt` and `negative_prompt` name, and encode both with their embeddings spliced in.
 
-    Concepts with offsets are averaged (weight 1/n each); one without (Textual Inversion: the plain
-    base) adds none and does not dilute the others'.
+    Up to `e4t.combine.MAX_CONCEPTS` concepts, of any domains and methods, each read against its own
+    domain's pack. Their weight offsets combine by `rule` (`e4t.combine`: the default averages the
+    distinct offset sets, weight 1/n each, a measured choice); a concept without offsets (Textual
+    Inversion: the plain base) adds none and does not dilute the others'.
     """
     named = find_concept_ids(prompt) + find_concept_ids(negative_prompt)
     missing = [i for i in named if i not in concepts]
     if missing:
         raise NotFound(f"unknown concept(s): {', '.join(missing)}")
     used = [concepts[i] for i in dict.fromkeys(named)]
-    for c in used:
-        if c.base_hash != base.hash:
-            raise InvalidInput(f"concept {c.id} was made for base {c.base_hash}; this base is {base.hash}")
-        if c.domain not in packs:
-            raise NotFound(f"concept {c.id} belongs to domain {c.domain!r}, which is not loaded")
+    check_concepts(base, packs, used)
 
     # the prompts with the concepts' suffixes (e.g. DreamBooth's class word)
     embeddings = {c.id: c.embedding for c in used}
@@ -132,16 +132,9 @@ def prepare_prompt(
             base.text_encoder, base.tokenizer, [add_suffixes(negative_prompt, suffixes)], embeddings
         )
 
-    tuned = [(c, c.offsets(packs[c.domain])) for c in used]
-    tuned = [(c, offsets) for c, offsets in tuned if offsets]
-    config = None
-    if tuned:
-        configs = {packs[c.domain].offset_config for c, _ in tuned}
-        if len(configs) > 1:
-            raise InvalidInput("concepts in one prompt must come from packs with the same offset layout")
-        config = configs.pop()
-    weight = 1.0 / len(tuned) if tuned else 0.0
-    return PreparedPrompt(prompt_embeds, negative_embeds, tuple((offsets, weight) for _, offsets in tuned), config)
+    tuned = offsets_of(packs, used)
+    entries = combine(packs, tuned, rule)
+    return PreparedPrompt(prompt_embeds, negative_embeds, entries, offset_config(packs, tuned) if entries else None)
 
 
 def generate_samples(

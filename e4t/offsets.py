@@ -67,8 +67,16 @@ def activate(unet, name: str = TUNE) -> None:
     unet.set_adapters([name], weights=[1.0])
 
 
-def activate_offsets(unet, config: OffsetConfig, offsets: Sequence[Mapping[str, torch.Tensor]]) -> None:
-    """Make exactly `offsets` active, averaged: one slot adapter per entry; none -> plain base."""
+def activate_offsets(
+    unet,
+    config: OffsetConfig,
+    offsets: Sequence[Mapping[str, torch.Tensor]],
+    weights: Sequence[float] | None = None,
+) -> None:
+    """Make exactly `offsets` active, weighted by `weights` (default: averaged).
+
+    One slot adapter per entry; no entries -> the plain base.
+    """
     if not offsets:
         if getattr(unet, "peft_config", None):
             unet.disable_adapters()
@@ -79,8 +87,12 @@ def activate_offsets(unet, config: OffsetConfig, offsets: Sequence[Mapping[str, 
         ensure_adapter(unet, name, config)
         set_offsets(unet, tensors, name)
         names.append(name)
+    if weights is None:
+        weights = [1.0 / len(names)] * len(names)
+    elif len(weights) != len(names):
+        raise ValueError(f"expected one weight per offsets entry but got {len(weights)} for {len(names)}")
     unet.enable_adapters()
-    unet.set_adapters(names, weights=[1.0 / len(names)] * len(names))
+    unet.set_adapters(names, weights=list(weights))
 
 
 def offsets_penalty(unet, name: str = TUNE) -> torch.Tensor:

@@ -3,9 +3,11 @@
     e4t eval --out out/eval                                   # embedded artifacts, both domains, every method
     e4t eval --out out/eval --domains faces --steps 0,5 --baselines none   # E4T only, faces only
     e4t eval --out out/eval --quick                           # 2 subjects x 2 prompts x 2 images
+    e4t eval --out out/eval --combined-pairs 0                # without the prompts that name two concepts
     e4t eval --out out/eval --base BASE --pack faces.safetensors --judges JUDGES --clip CLIP_DIR --dino DINO_DIR
 
-Writes OUT/metrics.json (protocol and rows) and OUT/report.html (table, plots, image grids; self-contained).
+Writes OUT/metrics.json (protocol, rows, and the `combined` rows: per-concept id_sim of prompts naming two
+concepts) and OUT/report.html (table, plots, image grids; self-contained).
 """
 
 from __future__ import annotations
@@ -77,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: 7.5)")
     p.add_argument("--seed", type=int, default=None, help="tuning seed; generation seeds derive from it (default: 0)")
     p.add_argument("--grid-images", type=int, default=None, help="images per cell of the report's grids (default: 1)")
+    p.add_argument(
+        "--combined-pairs",
+        type=int,
+        default=None,
+        help="subject pairs per domain pair, generated with prompts naming both (default: 2; 1 with --quick; 0: none)",
+    )
     p.add_argument("--quick", action="store_true", help="2 subjects x 2 prompts x 2 images, 3 denoising steps")
     p.add_argument("--clip", type=Path, default=None, help="CLIPModel + CLIPProcessor folder: adds CLIP-I and CLIP-T")
     p.add_argument("--dino", type=Path, default=None, help="DINO ViT AutoModel + AutoImageProcessor folder: adds DINO")
@@ -104,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         "guidance": args.guidance,
         "seed": args.seed,
         "grid_images": args.grid_images,
+        "combined_pairs": args.combined_pairs,
         "domains": tuple(d.strip() for d in args.domains.split(",") if d.strip()) if args.domains else None,
     }
     overrides = {k: v for k, v in given.items() if v is not None}
@@ -128,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         torch.set_num_threads(threads)
     print(format_table(result["rows"]))
+    if result.get("combined"):
+        print(format_combined(result["combined"]))
     print(f"wrote {args.out / 'metrics.json'} and {args.out / 'report.html'} in {result['wall_s']} s")
     return 0
 
@@ -140,4 +151,18 @@ def format_table(rows: list[dict]) -> str:
     cell = lambda v: "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
     table = [cols] + [[cell(r.get(c)) for c in cols] for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(cols))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)) for line in table)
+
+
+def format_combined(rows: list[dict]) -> str:
+    """The combined section for the terminal: per domain pair and rule, then per concept."""
+    from evaluation.report import COMBINED_COLUMNS
+
+    cell = lambda v: "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    table = [["concept", *COMBINED_COLUMNS]]
+    for r in rows:
+        table.append(["both", *(cell(r.get(c)) for c in COMBINED_COLUMNS)])
+        for c in r["concepts"]:
+            table.append([f"{c['position']} ({c['domain']})", *(cell(c.get(k, r.get(k))) for k in COMBINED_COLUMNS)])
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)) for line in table)

@@ -27,6 +27,7 @@ from e4t.judges import CONTEXT_FILE, IDENTITY_FILE, load_judges
 from e4t.methods import TUNERS
 from e4t.pack import DomainPack
 from evaluation import metrics, protocol
+from evaluation.combined import CombinedConfig, run_combined
 from evaluation.protocol import Prompt, Subject
 from evaluation.references import (
     CLASS_WORD,
@@ -42,6 +43,7 @@ from shards.synth import described_caption
 METHOD = "e4t"
 # each baseline at the budget bench/fidelity_vs_time.py found best on this world (README)
 BASELINES: tuple[tuple[str, int], ...] = (("textual_inversion", 400), ("dreambooth", 200))
+COMBINED_TUNE_STEPS = 5  # E4T's default: the combined section measures what a user gets
 DIVERSITY_EMBEDDING = "identity judge (e4t.judges.IdentityJudge, 128-d, L2-normalized)"
 METRICS = {
     "id_sim": "mean cosine of identity-judge embeddings, generated vs the subject's reference views",
@@ -53,6 +55,9 @@ METRICS = {
     "dino": "mean cosine of DINO CLS embeddings, generated vs reference views",
     "tune_s": "mean seconds of personalization per subject",
     "gen_s_per_image": "mean seconds per generated image",
+    "combined": "prompts naming two concepts personalized apart ('{a} and {b}'): per concept, id_sim on its crop "
+    "of the combined images (evaluation/per_concept.py), alone (the same prompt naming it only), and against "
+    "held-out distractors (the floor); context_acc of the combined and the alone images",
 }
 
 
@@ -70,17 +75,28 @@ class EvalConfig:
     quick: bool = False  # 2 prompts per domain
     domains: tuple[str, ...] | None = None  # None: every loaded domain, the main one ("faces") first
     grid_images: int = 1  # images per (prompt, row) cell of the report's grids
+    combined_pairs: int = 2  # pairs of subjects per domain pair for prompts naming two concepts; 0: none
 
     @classmethod
     def quick_config(cls, **overrides) -> EvalConfig:
         """2 subjects x 2 prompts x 2 images, few denoising steps: for tests and smoke runs."""
-        quick = dict(subjects=2, other_subjects=1, images_per_prompt=2, references=2, denoise_steps=3, quick=True)
+        quick = dict(
+            subjects=2,
+            other_subjects=1,
+            images_per_prompt=2,
+            references=2,
+            denoise_steps=3,
+            quick=True,
+            combined_pairs=1,
+        )
         return replace(cls(**quick), **overrides)
 
     def __post_init__(self):
         for name in ("subjects", "other_subjects", "images_per_prompt", "references", "denoise_steps", "grid_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be at least 1 but is {getattr(self, name)}.")
+        if self.combined_pairs < 0:
+            raise ValueError(f"`combined_pairs` must be at least 0 but is {self.combined_pairs}.")
         if not self.steps or any(s < 0 for s in self.steps):
             raise ValueError(f"`steps` must be a non-empty list of non-negative counts but is {list(self.steps)}.")
         unknown = [m for m, _ in self.baselines if m not in TUNERS or m == METHOD]
@@ -113,6 +129,20 @@ class DomainRun:
     inputs: list[Image.Image]
     references: list[list[Image.Image]]
     rows: list[Row]
+
+
+def combined_config(config: EvalConfig) -> CombinedConfig:
+    """The combined section's settings: E4T at 5 tuning steps, the run's prompts, images and seeds."""
+    return CombinedConfig(
+        pairs=config.combined_pairs,
+        tune_steps=COMBINED_TUNE_STEPS,
+        images_per_prompt=config.images_per_prompt,
+        references=config.references,
+        denoise_steps=config.denoise_steps,
+        guidance=config.guidance,
+        seed=config.seed,
+        quick=config.quick,
+    )
 
 
 def file_digest(path: str | Path) -> str:
@@ -299,7 +329,8 @@ def evaluate(
     domains = pick_domains({d: p for d, (p, _) in packs.items()}, config)
     from evaluation.realmetrics import ClipScorer, DinoScorer
 
-    scorer = Scorer(load_judges(judges_dir), ClipScorer(clip) if clip else None, DinoScorer(dino) if dino else None)
+    judges = load_judges(judges_dir)
+    scorer = Scorer(judges, ClipScorer(clip) if clip else None, DinoScorer(dino) if dino else None)
 
     # 2-4. images of every row; 5. scores
     runs, rows = [], []
@@ -308,6 +339,11 @@ def evaluate(
         run = run_domain(base, packs[domain][0], config.subjects if main else config.other_subjects, config, progress)
         runs.append(run)
         rows += [scorer.score(run, row) for row in tqdm(run.rows, desc=f"score {domain}", disable=not progress)]
+    combined, combined_grids = [], {}
+    if config.combined_pairs:  # prompts naming two concepts personalized apart (evaluation/combined.py)
+        combined, combined_grids = run_combined(
+            base, {d: p for d, (p, _) in packs.items()}, judges, domains, combined_config(config), progress=progress
+        )
 
     result = {
         "protocol": {
@@ -343,10 +379,11 @@ def evaluate(
             "metrics": METRICS,
         },
         "rows": rows,
+        "combined": combined,
         "wall_s": round(time.perf_counter() - started, 1),
     }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-    write_report(out / "report.html", result, runs, config.grid_images)
+    write_report(out / "report.html", result, runs, config.grid_images, combined_grids)
     return result

@@ -155,7 +155,52 @@ def subject_grid(run, i: int, grid_images: int) -> str:
     return head + '<table class="grid">' + "".join(cells) + "</table>"
 
 
-def write_report(path: str | Path, result: dict, runs: list, grid_images: int = 1) -> None:
+COMBINED_COLUMNS = (
+    "domain",
+    "rule",
+    "id_sim",
+    "id_sim_alone",
+    "id_sim_distractor",
+    "context_acc",
+    "context_acc_alone",
+    "n_images",
+)
+
+
+def combined_table(rows: list[dict]) -> str:
+    """One line per (domain pair, concept position): the concept's id_sim combined, alone, and the floor."""
+    head = "".join(f"<th>{c}</th>" for c in ("concept",) + COMBINED_COLUMNS)
+    lines = []
+    for r in rows:
+        for c in [None, *r["concepts"]]:
+            name = "both" if c is None else f"{c['position']} ({c['domain']})"
+            values = [r.get(k) if c is None or k not in c else c[k] for k in COMBINED_COLUMNS]
+            cells = "".join(f'<td class="{"l" if isinstance(v, str) else ""}">{_fmt(v)}</td>' for v in values)
+            lines.append(f'<tr><td class="l">{html.escape(name)}</td>{cells}</tr>')
+    return f"<table><tr>{head}</tr>{''.join(lines)}</table>"
+
+
+def combined_section(result: dict, grids: dict | None) -> str:
+    rows = result.get("combined") or []
+    if not rows:
+        return ""
+    parts = [
+        "<h2>Prompts that combine concepts</h2>",
+        f"<p>{html.escape(result['protocol']['metrics']['combined'])}.</p>",
+    ]
+    parts.append(combined_table(rows))
+    for pair, lines in (grids or {}).items():
+        cells = "".join(
+            f'<tr><td class="l">{html.escape(text)}</td><td>{"".join(_img(im, text) for im in images)}</td></tr>'
+            for text, images in lines
+        )
+        parts.append(f'<h4>{html.escape(pair)}: first pair, first prompt</h4><table class="grid">{cells}</table>')
+    return "".join(parts)
+
+
+def write_report(
+    path: str | Path, result: dict, runs: list, grid_images: int = 1, combined_grids: dict | None = None
+) -> None:
     """The page: the table, fidelity-vs-steps plots per domain, then one image grid per subject."""
     proto = result["protocol"]
     shown = {k for r in result["rows"] for k in r}  # define only the metrics the table holds
@@ -178,5 +223,6 @@ def write_report(path: str | Path, result: dict, runs: list, grid_images: int = 
         parts.append('<div class="plots">' + "".join(plots) + "</div>")
         parts.append(f"<h2>{html.escape(run.domain)}: images (seed of image 0 of each prompt)</h2>")
         parts += [subject_grid(run, i, grid_images) for i in range(len(run.subjects))]
+    parts.append(combined_section(result, combined_grids))
     parts.append("</body></html>")
     Path(path).write_text("\n".join(parts), encoding="utf-8")

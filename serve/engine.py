@@ -30,6 +30,7 @@ from typing import Any
 from PIL import Image
 
 import e4t
+from e4t.combine import check_combination
 from e4t.concept import Concept
 from e4t.errors import InvalidInput, NotFound
 from e4t.generate import PreparedPrompt, generate_samples, prepare_prompt
@@ -561,6 +562,7 @@ class Engine:
             if not CONCEPT_ID_RE.fullmatch(name):
                 raise NotFound(f"prompt names {{{name}}} but no concept has that id (ids are c_ + 12 hex digits).")
         concepts = {concept_id: self.load_concept(concept_id) for concept_id in named}
+        check_combination(self.base, self.packs, list(concepts.values()))  # a bad combination fails before queueing
 
         # 3. generate on the worker, batched with other requests; images stream back as each batch is done
         spec = GenerateSpec(prompt, negative_prompt, num_images, steps, float(guidance), seed, concepts)

@@ -88,6 +88,21 @@ def tiny_tuned_pack_path(tiny_base_dir, tiny_pack_path, tmp_path_factory) -> Pat
 
 
 @pytest.fixture(scope="session")
+def tiny_cats_pack_path(tiny_base_dir, tmp_path_factory) -> Path:
+    """A second domain ("cats") on the tiny base, its random non-zero offsets unlike the faces pack's."""
+    from e4t import load_base
+    from e4t.pack import DomainPack
+
+    base = load_base(tiny_base_dir)
+    pack = DomainPack.initial(base, "cats", "cat", vision=TINY_VISION, seed=1)
+    generator = torch.Generator().manual_seed(1)
+    pack.offsets = {k: 0.2 * torch.randn(v.shape, generator=generator) for k, v in pack.offsets.items()}
+    path = tmp_path_factory.mktemp("tiny_cats_pack") / "cats.safetensors"
+    pack.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_onnx_dir(tiny_base_dir, tiny_tuned_pack_path, tmp_path_factory) -> Path:
     """`export_onnx` of the tiny tuned pack (~40 s on 2 cores: torch.export traces the whole UNet)."""
     from e4t import load_base, load_pack

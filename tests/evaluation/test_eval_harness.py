@@ -156,3 +156,18 @@ def test_domain_choice_and_config_checks():
     with pytest.raises(ValueError, match="`baselines`"):
         EvalConfig(baselines=(("sks", 10),))
     assert EvalConfig.quick_config().images_per_prompt == 2
+
+
+def test_combined_rows_score_each_concept_of_a_pair(quick_run):
+    out, result = quick_run
+    (row,) = result["combined"]  # one loaded domain: the faces+faces pair only
+    assert row["section"] == "combined" and row["domain"] == "faces+faces" and row["method"] == "e4t"
+    assert row["steps"] == 5 and row["rule"] == "average" and row["n_images"] == 1 * 2 * 2  # pairs x prompts x images
+    (a, b), (pa, pb) = row["concepts"], row["pairs"][0]
+    assert (a["position"], a["domain"], b["position"], b["domain"]) == ("a", "faces", "b", "faces") and pa != pb
+    for c in (a, b, row):
+        for key in ("id_sim", "id_sim_alone", "id_sim_distractor"):
+            assert -1.0001 <= c[key] <= 1.0001, (key, c[key])
+    assert row["id_sim"] == pytest.approx((a["id_sim"] + b["id_sim"]) / 2, abs=1e-3)
+    assert 0.0 <= row["context_acc"] <= 1.0 and 0.0 <= row["context_acc_alone"] <= 1.0
+    assert "Prompts that combine concepts" in (out / "report.html").read_text()
