@@ -5,7 +5,7 @@
     python bench/break_a_scene.py --out out/bas --variants class_words,bare_handles,no_attention
 
 Scenes (`shards.two_subjects`, plain photo, frontal, even light) pair held-out identities: two
-faces, two cats, a face and a cat, a cat and a face. On each, Break-A-Scene learns one concept per
+faces, a face and a cat, two cats, a cat and a face. On each, Break-A-Scene learns one concept per
 mask (each `--variants` entry is one run with that config); E4T (`e4t.tuner.personalize`, 5 and
 15 steps) learns each subject from the square around its mask (`crop_to_mask`) with that mask.
 Every concept generates the protocol's quick prompts (a background, a medium) with the same
@@ -53,7 +53,7 @@ from evaluation import protocol  # noqa: E402
 from shards.two_subjects import SceneSubject, crop_to_mask, render_scene  # noqa: E402
 
 # (left domain, left held-out index, right domain, right held-out index)
-SCENES = (("faces", 0, "faces", 1), ("cats", 0, "cats", 1), ("faces", 2, "cats", 2), ("cats", 3, "faces", 3))
+SCENES = (("faces", 0, "faces", 1), ("faces", 2, "cats", 2), ("cats", 0, "cats", 1), ("cats", 3, "faces", 3))
 DECOY = 4  # held-out identities from here on stand in for "another identity"
 VARIANTS = {
     "class_words": BreakASceneConfig(class_words=True),  # "a photo of {h1} face and {h2} cat"
@@ -244,21 +244,27 @@ def main(argv: list[str] | None = None) -> int:
             if variant == variants[0]:  # the first image of each prompt: beach, then sketch
                 firsts = [alone[0]["_images"][0], alone[1]["_images"][0], together[0], together[args.images]]
                 grid_rows.append([scene.image, *scene.masks, *firsts])
+        write_results(args, variants, rows, scene_rows, grid_rows, e4t_steps, started)
         print(f"scene {n + 1}/{args.scenes} ({name}) done at {time.perf_counter() - started:.0f} s", flush=True)
 
-    for r in rows:
-        r.pop("_images")
-    summary = summarize(rows, scene_rows, e4t_steps)
+    summary = write_results(args, variants, rows, scene_rows, grid_rows, e4t_steps, started)
+    for r in rows + scene_rows:
+        print(json.dumps({k: v for k, v in r.items() if k != "_images"}))
+    print(json.dumps(summary))
+    return 0
+
+
+def write_results(args, variants, rows, scene_rows, grid_rows, e4t_steps, started) -> dict:
+    """OUT/results.json and OUT/grid.png of the scenes done so far (written after each: a long run keeps its part)."""
+    clean = [{k: v for k, v in r.items() if k != "_images"} for r in rows]
+    summary = summarize(clean, scene_rows, e4t_steps)
     summary["wall_s"] = round(time.perf_counter() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     config = vars(args) | {"out": None, "variants": {v: VARIANTS[v].__dict__ for v in variants}}
-    result = {"rows": rows, "together": scene_rows, "summary": summary, "config": config}
+    result = {"rows": clean, "together": scene_rows, "summary": summary, "config": config}
     (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     write_grid(grid_rows, args.out / "grid.png")
-    for r in rows + scene_rows:
-        print(json.dumps(r))
-    print(json.dumps(summary))
-    return 0
+    return summary
 
 
 def summarize(rows: list[dict], scene_rows: list[dict], e4t_steps: list[int]) -> dict:

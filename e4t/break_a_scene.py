@@ -75,6 +75,20 @@ def _binary(mask: torch.Tensor) -> torch.Tensor:
     return (mask >= 0.5).float()
 
 
+def union_masked_mse(
+    prediction: torch.Tensor, target: torch.Tensor, masks: torch.Tensor, subsets: Sequence[Sequence[int]]
+) -> torch.Tensor:
+    """Diffusion loss of sample b over the union of masks[b, k] for k in subsets[b] (resized to the latents).
+
+    `masks` [B, N, H, W] in [0, 1]; pixels outside the union (the background, and subjects whose
+    handles the prompt leaves out) contribute nothing.
+    """
+    union = torch.stack([masks[b, list(chosen)].amax(0) for b, chosen in enumerate(subsets)])[:, None]
+    union = F.interpolate(union, size=prediction.shape[-2:], mode="area")
+    error = F.mse_loss(prediction.float(), target.float(), reduction="none")
+    return (error * union).sum() / (union.sum() * error.shape[1]).clamp(min=1.0)
+
+
 def check_masks(image: Image.Image, masks: Sequence[Image.Image], size: int) -> torch.Tensor:
     """[1, N, size, size] binary masks fitted like the image; InvalidInput naming the mask that cannot be used.
 
@@ -193,11 +207,7 @@ def break_a_scene(
         states = encode_prompts(base.text_encoder, base.tokenizer, prompts, [embeddings] * config.batch)
         store.clear()
         prediction = unet(batch.noisy, batch.timesteps, encoder_hidden_states=states).sample
-        # diffusion loss over the union of the drawn handles' masks
-        union = torch.stack([view_masks[b, chosen].amax(0) for b, chosen in enumerate(subsets)])[:, None]
-        union = F.interpolate(union, size=prediction.shape[-2:], mode="area")
-        error = F.mse_loss(prediction.float(), batch.target.float(), reduction="none")
-        loss = (error * union).sum() / (union.sum() * error.shape[1]).clamp(min=1.0)
+        loss = union_masked_mse(prediction, batch.target, view_masks, subsets)
         if config.attention_weight:
             small = F.interpolate(view_masks, size=(resolution, resolution), mode="area")
             slot = base.tokenizer.eos_token_id
