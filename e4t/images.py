@@ -48,6 +48,16 @@ def augment(pixels: torch.Tensor, n: int, generator: torch.Generator, max_shift:
 
     No horizontal flips: identities of the embedded world carry asymmetric marks.
     """
+    return augment_with_masks(pixels, None, n, generator, max_shift)[0]
+
+
+def augment_with_masks(
+    pixels: torch.Tensor, masks: torch.Tensor | None, n: int, generator: torch.Generator, max_shift: float = 0.06
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`augment`, with [1, M, H, W] `masks` moved by the same shift and zoom as their image (no brightness change).
+
+    Draws exactly the random numbers `augment` draws, so both give the same views for one generator.
+    """
     theta = torch.zeros(n, 2, 3)
     zoom = 1 + (torch.rand(n, generator=generator) - 0.5) * 0.1
     theta[:, 0, 0] = theta[:, 1, 1] = zoom
@@ -55,4 +65,7 @@ def augment(pixels: torch.Tensor, n: int, generator: torch.Generator, max_shift:
     grid = F.affine_grid(theta.to(pixels), [n, *pixels.shape[1:]], align_corners=False)
     out = F.grid_sample(pixels.expand(n, -1, -1, -1), grid, padding_mode="border", align_corners=False)
     gain = 1 + (torch.rand(n, 1, 1, 1, generator=generator).to(pixels) - 0.5) * 0.1
-    return (out * gain).clamp(-1, 1)
+    moved = None
+    if masks is not None:
+        moved = F.grid_sample(masks.to(pixels).expand(n, -1, -1, -1), grid, padding_mode="border", align_corners=False)
+    return (out * gain).clamp(-1, 1), moved

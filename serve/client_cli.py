@@ -2,6 +2,8 @@
 
 e4t client domains
 e4t client personalize me.png --domain faces [--method e4t|textual_inversion|dreambooth] [--steps N] [--mask mask.png]
+e4t client personalize scene.png --domain faces --method break_a_scene --mask a.png --mask b.png
+e4t client personalize scene.png --method break_a_scene --mask a.png --mask b.png --mask-domain faces --mask-domain cats
 e4t client generate --prompt "a photo of {c_0123456789ab} on the beach" --out out/ [--num-images 4]
 e4t client list [--domain faces] | get ID | delete ID
 e4t client personalize me.png --domain faces --method dreambooth --detach   # prints the operation id, returns
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-METHODS = ("e4t", "textual_inversion", "dreambooth")  # as the server's ListDomains reports them
+METHODS = ("e4t", "textual_inversion", "dreambooth", "break_a_scene")  # as the server's ListDomains reports them
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,8 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     pers = sub.add_parser("personalize", help="tune a concept from one image; prints its metadata as JSON")
     pers.add_argument("image", type=Path)
-    pers.add_argument("--domain", required=True)
-    pers.add_argument("--mask", type=Path)
+    pers.add_argument("--domain", default="", help="the subject's domain (break_a_scene: of every mask)")
+    pers.add_argument(
+        "--mask", type=Path, action="append", default=[], help="subject mask; break_a_scene: one per subject, repeated"
+    )
+    pers.add_argument(
+        "--mask-domain", action="append", default=[], help="break_a_scene: each mask's domain, in mask order"
+    )
     pers.add_argument(
         "--steps", type=int, help="tuning steps; default: the method's (e4t 5, textual_inversion 1000, dreambooth 400)"
     )
@@ -75,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
         ops.add_parser(name, help=help_).add_argument("id")
     ops.add_parser("list", help="your operations as JSON lines, newest first")
     return p
+
+
+def _single_mask(args: argparse.Namespace) -> Path | None:
+    """The one optional --mask of a method other than break_a_scene."""
+    if len(args.mask) > 1 or args.mask_domain:
+        raise ValueError(f"--method {args.method} takes at most one --mask and no --mask-domain")
+    return args.mask[0] if args.mask else None
 
 
 def _watch(client, operation_id: str) -> int:
@@ -121,9 +135,11 @@ def _run(args: argparse.Namespace) -> int:
         if args.command == "domains":
             print(json.dumps(client.list_domains(), indent=2))
         elif args.command == "personalize" and args.detach:
+            scene = args.method == "break_a_scene"
             op = client.start_personalize(
-                args.image, args.domain, steps=args.steps, seed=args.seed, mask=args.mask, method=args.method,
-                owner=args.owner,
+                args.image, args.domain, steps=args.steps, seed=args.seed, method=args.method, owner=args.owner,
+                mask=None if scene else _single_mask(args), masks=args.mask if scene else (),
+                mask_domains=args.mask_domain if scene else (),
             )  # fmt: skip
             print(op["id"])
         elif args.command == "operations":
@@ -136,17 +152,35 @@ def _run(args: argparse.Namespace) -> int:
                     bar.n = step
                     bar.set_postfix(stage=stage, loss=f"{loss:.4f}")
 
-                concept = client.personalize(
-                    args.image,
-                    args.domain,
-                    steps=args.steps,
-                    seed=args.seed,
-                    mask=args.mask,
-                    method=args.method,
-                    owner=args.owner,
-                    on_progress=on_progress,
-                )
-            print(json.dumps(concept, indent=2))
+                if args.method == "break_a_scene":  # one concept per mask, each printed
+                    concepts = client.personalize_scene(
+                        args.image,
+                        args.mask,
+                        args.domain,
+                        mask_domains=args.mask_domain,
+                        steps=args.steps,
+                        seed=args.seed,
+                        owner=args.owner,
+                        on_progress=on_progress,
+                    )
+                else:
+                    concepts = [
+                        client.personalize(
+                            args.image,
+                            args.domain,
+                            steps=args.steps,
+                            seed=args.seed,
+                            mask=_single_mask(args),
+                            method=args.method,
+                            owner=args.owner,
+                            on_progress=on_progress,
+                        )
+                    ]
+            if args.method == "break_a_scene":  # JSON lines, one concept per mask
+                for concept in concepts:
+                    print(json.dumps(concept))
+            else:
+                print(json.dumps(concepts[0], indent=2))
         elif args.command == "generate":
             args.out.mkdir(parents=True, exist_ok=True)
             images = client.generate(
@@ -173,7 +207,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "personalize" and not (args.domain or args.mask_domain):
+        parser.error("personalize needs --domain (or, with --method break_a_scene, one --mask-domain per --mask)")
     import grpc
 
     try:

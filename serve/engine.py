@@ -30,11 +30,12 @@ from typing import Any
 from PIL import Image
 
 import e4t
+from e4t.break_a_scene import check_masks
 from e4t.combine import check_combination
 from e4t.concept import Concept
 from e4t.errors import InvalidInput, NotFound
 from e4t.generate import PreparedPrompt, generate_samples, prepare_prompt
-from e4t.methods import METHODS, TUNERS
+from e4t.methods import METHODS, SCENE_TUNERS, TUNERS
 from serve import metrics
 from serve.errors import Cancelled, DeadlineExceeded, QueueFull
 from serve.limits import (
@@ -453,14 +454,21 @@ class Engine:
         *,
         timeout: float | None = None,
         listener: Callable[[str, Any], None] | None = None,
+        masks: list[bytes] | tuple[bytes, ...] = (),
+        mask_domains: list[str] | tuple[str, ...] = (),
     ) -> Job:
         """Validates and queues a personalization; its events are ("progress", (step, total, loss, stage)).
 
-        `listener`: see `Job.listener`; it is told before the job is queued.
+        `listener`: see `Job.listener`; it is told before the job is queued. A scene method
+        (break_a_scene) takes `masks` (one per subject) and optional `mask_domains` instead of
+        `mask`, and its job's result is a list of records, one per mask.
         """
         # 1. check inputs
         limits = self.limits
         method = check_method(method, METHODS)
+        if method in SCENE_TUNERS or masks or mask_domains:
+            return self._submit_scene(image_bytes, mask_bytes, masks, domain, mask_domains, method, steps, seed,
+                                      owner, timeout, listener)  # fmt: skip
         steps = DEFAULT_METHOD_STEPS[method] if steps is None else steps
         seed = 0 if seed is None else seed
         check_range("steps", steps, 0, limits.max_steps(method))  # 0: the starting point, untuned
@@ -498,6 +506,75 @@ class Engine:
             job.emit("progress", (steps, steps, 0.0, "saving"))
             job.tell("saving", [concept.id])
             return self.store.put(concept)
+
+        job = Job("personalize", run, None if timeout is None else time.monotonic() + timeout, listener=listener)
+        job.emit("progress", (0, steps, 0.0, "queued"))
+        return self._submit(job)
+
+    def _submit_scene(
+        self,
+        image_bytes: bytes,
+        mask_bytes: bytes,
+        masks: list[bytes] | tuple[bytes, ...],
+        domain: str,
+        mask_domains: list[str] | tuple[str, ...],
+        method: str,
+        steps: int | None,
+        seed: int | None,
+        owner: str,
+        timeout: float | None,
+        listener: Callable[[str, Any], None] | None,
+    ) -> Job:
+        """`submit_personalize` of a method that learns one concept per mask; the job's result is their records."""
+        # 1. check inputs: masks only for scene methods, and scene methods only with masks
+        limits = self.limits
+        if method not in SCENE_TUNERS:
+            raise InvalidInput(f"`masks` and `mask_domains` are for {', '.join(SCENE_TUNERS)}; {method} takes `mask`.")
+        if not masks:
+            raise InvalidInput(f"{method} needs `masks`, one per subject of the image, but none were given.")
+        if mask_bytes:
+            raise InvalidInput(f"{method} takes one mask per subject in `masks`, not `mask`.")
+        if mask_domains and len(mask_domains) != len(masks):
+            raise InvalidInput(
+                f"`mask_domains` has to name one domain per mask ({len(masks)}) but has {len(mask_domains)}."
+            )
+        steps = DEFAULT_METHOD_STEPS[method] if steps is None else steps
+        seed = 0 if seed is None else seed
+        check_range("steps", steps, 0, limits.max_steps(method))
+        check_range("seed", seed, 0, limits.max_seed)
+        owner = check_owner(owner, limits)
+        total = len(image_bytes) + sum(len(m) for m in masks)
+        if total > limits.max_request_bytes:
+            raise InvalidInput(
+                f"`image` and `masks` together have to be at most {limits.max_request_bytes} bytes but have {total}."
+            )
+        packs = [self._pack(d) for d in (mask_domains or [domain] * len(masks))]
+        # 2. decode and check the image and masks here, not on the worker
+        image = decode_image(image_bytes, limits, what="image")
+        n = len(masks)
+        decoded = [decode_image(m, limits, what=f"mask {i + 1} of {n}", mode="L") for i, m in enumerate(masks)]
+        check_masks(image, decoded, self.base.resolution)
+
+        # 3. tune, then store every concept, on the worker
+        def run(job: Job) -> list[ConceptRecord]:
+            def progress(step: int, total: int, loss: float) -> None:
+                job.emit("progress", (int(step), int(total), float(loss), "tuning"))
+
+            concepts = SCENE_TUNERS[method](
+                self.base,
+                packs,
+                image,
+                decoded,
+                steps=steps,
+                seed=seed,
+                owner=owner,
+                progress=progress,
+                should_stop=job.should_stop,
+            )
+            job.check()  # a cancelled request is not acknowledged, so its concepts are not kept
+            job.emit("progress", (steps, steps, 0.0, "saving"))
+            job.tell("saving", [concept.id for concept in concepts])
+            return [self.store.put(concept) for concept in concepts]
 
         job = Job("personalize", run, None if timeout is None else time.monotonic() + timeout, listener=listener)
         job.emit("progress", (0, steps, 0.0, "queued"))

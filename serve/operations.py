@@ -183,6 +183,8 @@ class Operations:
         seed: int | None,
         owner: str,
         tenant: str | None,
+        masks: list[bytes] | tuple[bytes, ...] = (),
+        mask_domains: list[str] | tuple[str, ...] = (),
     ) -> OperationRecord:
         """Checks and queues a Personalize; returns its record once it is in the store (QUEUED, or later)."""
         method = check_method(method, METHODS)
@@ -197,7 +199,16 @@ class Operations:
         try:
             # the listener is in place before the job is queued: no event can be missed
             live.job = self.engine.submit_personalize(
-                image, mask, domain, method, steps, seed, owner, listener=functools.partial(self._on_event, live)
+                image,
+                mask,
+                domain,
+                method,
+                steps,
+                seed,
+                owner,
+                listener=functools.partial(self._on_event, live),
+                masks=masks,
+                mask_domains=mask_domains,
             )
         except BaseException:  # a bad request makes no operation
             metrics.OPERATIONS.labels("queued").dec()

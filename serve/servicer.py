@@ -323,6 +323,8 @@ class E4TServicer(pb2_grpc.E4TServicer):
             _optional(request, "seed"),
             owner,
             timeout=self._timeout(context),
+            masks=list(request.masks),
+            mask_domains=list(request.mask_domains),
         )
         submitted = time.monotonic()
         tuning_from = saving_from = None
@@ -339,8 +341,9 @@ class E4TServicer(pb2_grpc.E4TServicer):
                 yield pb2.PersonalizeEvent(progress=pb2.Progress(step=step, total=total, loss=loss, stage=stage))
             elif kind == "done":
                 metrics.STAGE_LATENCY.labels(call.rpc, "save").observe(now - (saving_from or submitted))
-                metrics.CONCEPTS_TUNED.labels(payload.method, payload.domain).inc()
-                yield pb2.PersonalizeEvent(concept=concept_info(payload))
+                for record in payload if isinstance(payload, list) else [payload]:  # break_a_scene: one per mask
+                    metrics.CONCEPTS_TUNED.labels(record.method, record.domain).inc()
+                    yield pb2.PersonalizeEvent(concept=concept_info(record))
 
     @_rpc
     def Generate(self, request: pb2.GenerateRequest, context: grpc.ServicerContext, call: Call) -> Iterator[Any]:
@@ -402,7 +405,7 @@ class E4TServicer(pb2_grpc.E4TServicer):
         owner = self._personalize_owner(request, call)
         record = self.operations.start(
             request.image, request.mask, request.domain, request.method, _optional(request, "steps"),
-            _optional(request, "seed"), owner, call.tenant,
+            _optional(request, "seed"), owner, call.tenant, list(request.masks), list(request.mask_domains),
         )  # fmt: skip
         return operation_message(record)
 

@@ -57,6 +57,7 @@ __all__ = [
     "caption_for",
     "context_phrases",
     "describe",
+    "draw_subject",
     "identity_attributes",
     "identity_name",
     "render",
@@ -127,6 +128,11 @@ def _layout_seed(attributes: dict) -> str:
     return "cats/" + "/".join(str(attributes[name]) for name in ATTRIBUTES)
 
 
+def draw_subject(attributes: dict, accessory: str, nuisance: dict, s: int) -> tuple[Image.Image, tuple[int, int]]:
+    """The cat alone on a transparent `s` px canvas: (RGBA part, paste offset); its alpha is its exact mask."""
+    return draw_cat(attributes, accessory, nuisance, s, _layout_seed(attributes))
+
+
 def render(attributes: dict, context: dict, nuisance: dict, size: int = 64) -> Image.Image:
     """Render one RGB view of the identity `attributes` in `context` under `nuisance`."""
     _check(attributes, context)
@@ -134,7 +140,7 @@ def render(attributes: dict, context: dict, nuisance: dict, size: int = 64) -> I
         raise ValueError(f"`size` must be at least 8 but is {size}.")
     s = size * SUPERSAMPLE
     canvas = background(context["background"], nuisance.get("bg_variant", 0), s).copy()
-    cat, offset = draw_cat(attributes, context["accessory"], nuisance, s, _layout_seed(attributes))
+    cat, offset = draw_subject(attributes, context["accessory"], nuisance, s)
     canvas.alpha_composite(cat, dest=offset)
     img = apply_medium(canvas.convert("RGB"), context["medium"]).resize((size, size), Image.LANCZOS, reducing_gap=2.0)
     # light falls on the finished picture (photo, sketch or painting alike); cheap at output size

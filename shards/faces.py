@@ -162,6 +162,11 @@ def _check(attributes: dict, context: dict) -> None:
         raise ValueError(f"`accessory` must be one of {ACCESSORIES} but is {context.get('accessory')!r}.")
 
 
+def draw_subject(attributes: dict, accessory: str, nuisance: dict, s: int) -> tuple[Image.Image, tuple[int, int]]:
+    """The face alone on a transparent `s` px canvas: (RGBA part, paste offset); its alpha is its exact mask."""
+    return draw_face(attributes, accessory, nuisance, s)
+
+
 def render(attributes: dict, context: dict, nuisance: dict, size: int = 64) -> Image.Image:
     """Render one RGB view of the identity `attributes` in `context` under `nuisance`."""
     _check(attributes, context)
@@ -169,7 +174,7 @@ def render(attributes: dict, context: dict, nuisance: dict, size: int = 64) -> I
         raise ValueError(f"`size` must be at least 8 but is {size}.")
     s = size * SUPERSAMPLE
     canvas = background(context["background"], nuisance.get("bg_variant", 0), s).copy()
-    face, offset = draw_face(attributes, context["accessory"], nuisance, s)
+    face, offset = draw_subject(attributes, context["accessory"], nuisance, s)
     canvas.alpha_composite(face, dest=offset)
     img = apply_medium(canvas.convert("RGB"), context["medium"]).resize((size, size), Image.LANCZOS, reducing_gap=2.0)
     # light falls on the finished picture (photo, sketch or painting alike); cheap at output size
