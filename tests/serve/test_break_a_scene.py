@@ -48,6 +48,18 @@ def test_two_masks_give_two_stored_concepts_that_generate(served, scene):
     assert [(i, s) for i, s, _ in images] == [(0, 4)]
 
 
+def test_an_operation_of_two_masks_ends_with_both_concepts(served, scene):
+    image, masks = scene
+    op = served.client.start_personalize(image, "faces", method="break_a_scene", masks=masks, steps=2, seed=5)
+    done = served.client.wait_operation(op["id"], timeout=120)
+    assert done["state"] == "SUCCEEDED", done
+    assert len({c["id"] for c in done["concepts"]}) == 2
+    assert [served.client.get_concept(c["id"]) for c in done["concepts"]] == done["concepts"]  # stored, in mask order
+    with pytest.raises(grpc.RpcError) as e:  # checked at start: no operation for a bad mask
+        served.client.start_personalize(image, "faces", method="break_a_scene", masks=[masks[0], masks[0]])
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "overlap" in e.value.details()
+
+
 def test_client_personalize_scene_with_mask_domains(served, scene):
     image, masks = scene
     concepts = served.client.personalize_scene(image, masks, mask_domains=["faces", "faces"], steps=1, seed=3)
