@@ -1,7 +1,8 @@
 """`e4t client`: talk to a running e4t server.
 
 e4t client domains
-e4t client personalize me.png --domain faces [--method e4t|textual_inversion|dreambooth] [--steps N] [--mask mask.png]
+e4t client personalize me.png --domain faces [--method e4t|textual_inversion|dreambooth|two_stage] [--steps N]
+    [--mask mask.png]
 e4t client generate --prompt "a photo of {c_0123456789ab} on the beach" --out out/ [--num-images 4]
 e4t client list [--domain faces] | get ID | delete ID
 
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-METHODS = ("e4t", "textual_inversion", "dreambooth")  # as the server's ListDomains reports them
+METHODS = ("e4t", "textual_inversion", "dreambooth", "two_stage")  # as the server's ListDomains reports them
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     pers.add_argument("--domain", required=True)
     pers.add_argument("--mask", type=Path)
     pers.add_argument(
-        "--steps", type=int, help="tuning steps; default: the method's (e4t 5, textual_inversion 1000, dreambooth 400)"
+        "--steps",
+        type=int,
+        help="tuning steps; default: the method's (e4t 5, textual_inversion 1000, dreambooth 400, two_stage 200)",
     )
     pers.add_argument("--seed", type=int, default=0)
     pers.add_argument("--method", default="e4t", choices=METHODS, help="personalization method (default: e4t)")
