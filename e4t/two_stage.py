@@ -23,8 +23,8 @@ captions as one token; the rule then takes the adjective of fewest tokens (the f
 ties) and starts from the mean of its token embeddings, as `e4t.prompts.word_embedding` does for
 any word. The placeholder takes one token slot either way.
 
-`steps` counts both stages: the first round(`embedding_share` * steps) tune the embedding, the rest
-the offsets. Progress reports steps of the whole run, with the stage named where the callback takes
+`steps` counts both stages: the first `embedding_share` * steps (rounded half up) tune the embedding,
+the rest the offsets. Progress reports steps of the whole run, with the stage named where the callback takes
 a `stage` argument (the engine's does: "tuning:embedding", then "tuning:unet").
 
 The concept is self-contained like DreamBooth's: the learned embedding, its own LoRA factors
@@ -100,7 +100,7 @@ def rare_adjective(tokenizer, candidates: Iterable[str] = ADJECTIVES) -> str:
 
 def stage_steps(steps: int, config: TwoStageConfig) -> tuple[int, int]:
     """(stage one, stage two) steps of a run of `steps` in all."""
-    first = round(steps * config.embedding_share)
+    first = int(steps * config.embedding_share + 0.5)  # half up: 2 steps are 1 + 1 (round() would give 0 + 2)
     return first, steps - first
 
 
