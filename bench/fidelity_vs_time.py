@@ -3,6 +3,7 @@
     python bench/fidelity_vs_time.py --out out/fidelity            # both domains, 4 subjects each
     python bench/fidelity_vs_time.py --out out/f --subjects 1 --ti-steps 5,20 --db-steps 5,20 --e4t-steps 0,5
     python bench/fidelity_vs_time.py --out out/ts --methods two_stage,dreambooth --ts-steps 50,100,200
+    python bench/fidelity_vs_time.py --out out/all --merge out/faces out/cats   # runs of one domain each, joined
 
 For each held-out subject of each domain, E4T runs once per step count (it takes seconds), and
 Textual Inversion and DreamBooth run ONCE each up to their largest step count, with a concept
@@ -68,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ts-config", type=json.loads, default={}, help="two_stage settings, e.g. '{\"lr_offsets\": 3e-3}'")
     p.add_argument("--methods", default=None, help="comma-separated (default: e4t and every baseline)")
     p.add_argument("--drift-images", type=int, default=4, help="class-word images per concept for drift (0: off)")
+    p.add_argument(
+        "--merge", nargs="+", type=Path, default=None, metavar="DIR", help="join the results of runs (no tuning)"
+    )
     p.add_argument("--images", type=int, default=2, help="images per prompt")
     p.add_argument("--denoise-steps", type=int, default=25)
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
@@ -102,8 +106,26 @@ def tune(
     return results, peak.peak / 2**20
 
 
+def merge(out: Path, runs: list[Path]) -> int:
+    """One results.json and figure from runs of disjoint domains (e.g. one process per domain, side by side)."""
+    results = [json.loads((d / "results.json").read_text()) for d in runs]
+    rows = [r for res in results for r in res["rows"]]
+    generate_peak = {k: v for res in results for k, v in res["generate"].items()}
+    summary = summarize(rows, generate_peak)
+    summary["wall_s"] = max(res["summary"]["wall_s"] for res in results)  # side by side: the longest
+    out.mkdir(parents=True, exist_ok=True)
+    configs = {str(d): res["config"] for d, res in zip(runs, results, strict=True)}
+    result = {"rows": rows, "generate": generate_peak, "summary": summary, "config": configs}
+    (out / "results.json").write_text(json.dumps(result, indent=2, default=list) + "\n")
+    plot(rows, out / "fidelity_vs_time.png")
+    print(json.dumps(summary))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.merge:
+        return merge(args.out, args.merge)
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
