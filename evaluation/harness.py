@@ -43,7 +43,7 @@ from shards.synth import described_caption
 
 METHOD = "e4t"
 # each baseline at the budget bench/fidelity_vs_time.py found best on this world (README)
-BASELINES: tuple[tuple[str, int], ...] = (("textual_inversion", 400), ("dreambooth", 200), ("two_stage", 100))
+BASELINES: tuple[tuple[str, int], ...] = (("textual_inversion", 400), ("dreambooth", 200), ("two_stage", 200))
 DIVERSITY_EMBEDDING = "identity judge (e4t.judges.IdentityJudge, 128-d, L2-normalized)"
 METRICS = {
     "id_sim": "mean cosine of identity-judge embeddings, generated vs the subject's reference views",
