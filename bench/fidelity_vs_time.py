@@ -201,10 +201,9 @@ def main(argv: list[str] | None = None) -> int:
                     "peak_rss_mb": round(max(peaks[method]), 1),
                 }
             )
-            if row.drift:
-                for key in ("drift", "toward_subject"):
-                    value = sum(d[key] for d in row.drift) / len(row.drift)
-                    out_rows[-1]["drift" if key == "drift" else "drift_toward_subject"] = round(value, 4)
+            if row.drift:  # mean over subjects
+                for name, key in (("drift", "drift"), ("drift_toward_subject", "toward_subject")):
+                    out_rows[-1][name] = round(sum(d[key] for d in row.drift) / len(row.drift), 4)
 
     summary = summarize(out_rows, generate_peak)
     summary["wall_s"] = round(time.perf_counter() - started, 1)
