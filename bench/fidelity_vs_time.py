@@ -1,7 +1,9 @@
-"""Fidelity against tuning time: E4T, Textual Inversion and DreamBooth on held-out subjects, in one run.
+"""Fidelity against tuning time: E4T, Textual Inversion, DreamBooth and two_stage on held-out subjects, in one run.
 
     python bench/fidelity_vs_time.py --out out/fidelity            # both domains, 4 subjects each
     python bench/fidelity_vs_time.py --out out/f --subjects 1 --ti-steps 5,20 --db-steps 5,20 --e4t-steps 0,5
+    python bench/fidelity_vs_time.py --out out/ts --methods two_stage,dreambooth --ts-steps 50,100,200
+    python bench/fidelity_vs_time.py --out out/all --merge out/faces out/cats   # runs of one domain each, joined
 
 For each held-out subject of each domain, E4T runs once per step count (it takes seconds), and
 Textual Inversion and DreamBooth run ONCE each up to their largest step count, with a concept
@@ -9,15 +11,22 @@ snapshotted at every listed count on the way (`snapshots=`): the time of a snaps
 time from the run's start to that step. Every concept then generates the same prompts with the
 same seeds, scored by the project's judges (id_sim, context_acc, as `e4t eval`). The peak resident
 memory of each tuning run is sampled, and compared with that of generating four images.
+two_stage runs once per step count like E4T: its split between the stages depends on the total.
+
+Language drift (`evaluation.drift`): every concept also draws the bare class word ("a photo of a
+face", fixed seeds) with its offsets active; each row carries `drift` (1 − mean identity cosine to
+the plain base's images of the same seeds) and `drift_toward_subject` (their id_sim to the subject
+after minus before), 0 for concepts without offsets (Textual Inversion).
 
 Writes OUT/results.json ({"rows": [{domain, method, steps, seconds, id_sim, context_acc,
-peak_rss_mb}, ...], "generate": {...}, "summary": {...}}) and OUT/fidelity_vs_time.png; the
+peak_rss_mb, drift, drift_toward_subject}, ...], "generate": {...}, "summary": {...}}) and OUT/fidelity_vs_time.png; the
 last line printed is the summary as one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -34,10 +43,13 @@ from e4t import generate, load_base, load_pack  # noqa: E402
 from e4t.embedded import artifacts_root, default_paths  # noqa: E402
 from e4t.judges import load_judges  # noqa: E402
 from e4t.methods import TUNERS  # noqa: E402
+from e4t.two_stage import TwoStageConfig, two_stage  # noqa: E402
 from evaluation import protocol  # noqa: E402
+from evaluation.drift import DriftProbe  # noqa: E402
 from evaluation.harness import DomainRun, Row, Scorer  # noqa: E402
 
 SNAPSHOT_METHODS = ("textual_inversion", "dreambooth")
+BASELINE_METHODS = (*SNAPSHOT_METHODS, "two_stage")
 PROMPTS = (0, 4, 6, 7)  # beach, glasses, sketch, painting: a background, an accessory, two media
 
 
@@ -53,15 +65,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--e4t-steps", type=_ints, default=(0, 1, 5, 15))
     p.add_argument("--ti-steps", type=_ints, default=(50, 200, 600), help="Textual Inversion snapshots")
     p.add_argument("--db-steps", type=_ints, default=(25, 100, 300), help="DreamBooth snapshots")
+    p.add_argument("--ts-steps", type=_ints, default=(50, 100, 200), help="two_stage step counts (a run each)")
+    p.add_argument("--ts-config", type=json.loads, default={}, help="two_stage settings, e.g. '{\"lr_offsets\": 3e-3}'")
+    p.add_argument("--methods", default=None, help="comma-separated (default: e4t and every baseline)")
+    p.add_argument("--drift-images", type=int, default=4, help="class-word images per concept for drift (0: off)")
+    p.add_argument(
+        "--merge", nargs="+", type=Path, default=None, metavar="DIR", help="join the results of runs (no tuning)"
+    )
     p.add_argument("--images", type=int, default=2, help="images per prompt")
     p.add_argument("--denoise-steps", type=int, default=25)
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     return p
 
 
-def tune(method: str, steps: tuple[int, ...], base, pack, image) -> tuple[list[tuple[int, float, object]], float]:
+def tune(
+    method: str, steps: tuple[int, ...], base, pack, image, ts_config: dict | None = None
+) -> tuple[list[tuple[int, float, object]], float]:
     """[(steps, seconds, concept)] for every step count, and the peak RSS (MB) of the tuning."""
     tuner: Callable = TUNERS[method]
+    if method == "two_stage" and ts_config:
+        tuner = functools.partial(two_stage, config=TwoStageConfig(**ts_config))
     results = []
     with PeakRSS() as peak:
         if method in SNAPSHOT_METHODS:  # one run, snapshotted on the way
@@ -83,8 +106,26 @@ def tune(method: str, steps: tuple[int, ...], base, pack, image) -> tuple[list[t
     return results, peak.peak / 2**20
 
 
+def merge(out: Path, runs: list[Path]) -> int:
+    """One results.json and figure from runs of disjoint domains (e.g. one process per domain, side by side)."""
+    results = [json.loads((d / "results.json").read_text()) for d in runs]
+    rows = [r for res in results for r in res["rows"]]
+    generate_peak = {k: v for res in results for k, v in res["generate"].items()}
+    summary = summarize(rows, generate_peak)
+    summary["wall_s"] = max(res["summary"]["wall_s"] for res in results)  # side by side: the longest
+    out.mkdir(parents=True, exist_ok=True)
+    configs = {str(d): res["config"] for d, res in zip(runs, results, strict=True)}
+    result = {"rows": rows, "generate": generate_peak, "summary": summary, "config": configs}
+    (out / "results.json").write_text(json.dumps(result, indent=2, default=list) + "\n")
+    plot(rows, out / "fidelity_vs_time.png")
+    print(json.dumps(summary))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.merge:
+        return merge(args.out, args.merge)
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -93,7 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     packs = {p.domain: p for p in (load_pack(path, base) for path in pack_paths)}
     domains = args.domains.split(",") if args.domains else sorted(packs, key=lambda d: (d != "faces", d))
     scorer = Scorer(load_judges(artifacts_root() / "judges"))
-    budgets = {"e4t": args.e4t_steps, "textual_inversion": args.ti_steps, "dreambooth": args.db_steps}
+    budgets = {
+        "e4t": args.e4t_steps,
+        "textual_inversion": args.ti_steps,
+        "dreambooth": args.db_steps,
+        "two_stage": args.ts_steps,
+    }
+    if args.methods:
+        budgets = {m: budgets[m] for m in args.methods.split(",")}
     out_rows, generate_peak = [], {}
 
     for domain in domains:
@@ -106,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = {(m, k): Row(m, k, domain) for m, steps in budgets.items() for k in steps}
         peaks: dict[str, list[float]] = {m: [] for m in budgets}
         TUNERS["e4t"](base, pack, inputs[0], steps=0)  # warm-up: the first call builds the adapter
+        probe = DriftProbe(base, pack, scorer.identity, count=args.drift_images) if args.drift_images else None
 
         # the memory of the thing tuning is compared with: generating four images of a prompt
         concept = TUNERS["e4t"](base, pack, inputs[0], steps=0)
@@ -119,11 +168,13 @@ def main(argv: list[str] | None = None) -> int:
 
         for i, image in enumerate(inputs):
             for method, steps in budgets.items():
-                results, peak_mb = tune(method, steps, base, pack, image)
+                results, peak_mb = tune(method, steps, base, pack, image, args.ts_config)
                 peaks[method].append(peak_mb)
                 for k, seconds, concept in results:
                     row = rows[method, k]
                     row.tune_s.append(seconds)
+                    if probe is not None:
+                        row.drift.append(probe.measure(concept, scorer.identity.embed(refs[i])))
                     for p in prompts:
                         row.groups[i, p.index] = generate(
                             base,
@@ -150,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
                     "peak_rss_mb": round(max(peaks[method]), 1),
                 }
             )
+            if row.drift:  # mean over subjects
+                for name, key in (("drift", "drift"), ("drift_toward_subject", "toward_subject")):
+                    out_rows[-1][name] = round(sum(d[key] for d in row.drift) / len(row.drift), 4)
 
     summary = summarize(out_rows, generate_peak)
     summary["wall_s"] = round(time.perf_counter() - started, 1)
@@ -170,20 +224,39 @@ def summarize(rows: list[dict], generate_peak: dict) -> dict:
         mine = [r for r in rows if r["domain"] == domain]
         e4t5 = next((r for r in mine if r["method"] == "e4t" and r["steps"] == 5), None)
         entry: dict = {}
-        for method in SNAPSHOT_METHODS:
+        for method in BASELINE_METHODS:
             best = max((r for r in mine if r["method"] == method), key=lambda r: r["id_sim"], default=None)
             if best is None:
                 continue
-            entry[f"{method}_best"] = {k: best[k] for k in ("steps", "seconds", "id_sim", "context_acc")}
+            entry[f"{method}_best"] = {
+                k: best[k] for k in ("steps", "seconds", "id_sim", "context_acc", "drift") if k in best
+            }
             if e4t5 is not None:
                 entry[f"e4t5_minus_{method}_best_id_sim"] = round(e4t5["id_sim"] - best["id_sim"], 4)
                 entry[f"{method}_best_time_over_e4t5"] = round(best["seconds"] / max(e4t5["seconds"], 1e-9), 1)
         if e4t5 is not None:
             entry["e4t5"] = {k: e4t5[k] for k in ("seconds", "id_sim", "context_acc")}
+        entry.update(two_stage_vs_dreambooth(mine))
         tuning_peak = max(r["peak_rss_mb"] for r in mine)
         entry["tuning_peak_over_generate_peak"] = round(tuning_peak / generate_peak[domain]["peak_rss_mb"], 3)
         out[domain] = entry
     return out
+
+
+def two_stage_vs_dreambooth(rows: list[dict]) -> dict:
+    """The issue's test: the cheapest two_stage row at DreamBooth's best id_sim or above, its time ratio and drift."""
+    db = max((r for r in rows if r["method"] == "dreambooth"), key=lambda r: r["id_sim"], default=None)
+    ts = sorted((r for r in rows if r["method"] == "two_stage"), key=lambda r: r["seconds"])
+    if db is None or not ts:
+        return {}
+    match = next((r for r in ts if r["id_sim"] >= db["id_sim"]), None)
+    if match is None:
+        return {"two_stage_reaches_dreambooth_best": None}
+    out = {k: match[k] for k in ("steps", "seconds", "id_sim", "context_acc", "drift") if k in match}
+    out["time_over_dreambooth_best"] = round(match["seconds"] / max(db["seconds"], 1e-9), 3)
+    if "drift" in match and "drift" in db:
+        out["drift_minus_dreambooth_best"] = round(match["drift"] - db["drift"], 4)
+    return {"two_stage_reaches_dreambooth_best": out}
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -194,15 +267,16 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     domains = sorted({r["domain"] for r in rows}, key=lambda d: (d != "faces", d))
-    colors = {"e4t": "#264653", "textual_inversion": "#6d597a", "dreambooth": "#e76f51"}
-    fig, axes = plt.subplots(len(domains), 2, figsize=(10, 3.6 * len(domains)), squeeze=False)
+    colors = {"e4t": "#264653", "textual_inversion": "#6d597a", "dreambooth": "#e76f51", "two_stage": "#2a9d8f"}
+    panels = ("id_sim", "context_acc", "drift") if any("drift" in r for r in rows) else ("id_sim", "context_acc")
+    fig, axes = plt.subplots(len(domains), len(panels), figsize=(5 * len(panels), 3.6 * len(domains)), squeeze=False)
     for row_axes, domain in zip(axes, domains, strict=True):
-        for ax, metric in zip(row_axes, ("id_sim", "context_acc"), strict=True):
+        for ax, metric in zip(row_axes, panels, strict=True):
             for method, color in colors.items():
                 pts = sorted(
                     (r["seconds"], r[metric], r["steps"])
                     for r in rows
-                    if r["domain"] == domain and r["method"] == method
+                    if r["domain"] == domain and r["method"] == method and metric in r
                 )
                 if not pts:
                     continue

@@ -15,11 +15,13 @@ from e4t.concept import Concept
 from e4t.dreambooth import dreambooth
 from e4t.textual_inversion import textual_inversion
 from e4t.tuner import personalize
+from e4t.two_stage import two_stage
 
 TUNERS: dict[str, Callable[..., Concept]] = {
     "e4t": personalize,
     "textual_inversion": textual_inversion,
     "dreambooth": dreambooth,
+    "two_stage": two_stage,
 }
 SCENE_TUNERS: dict[str, Callable[..., list[Concept]]] = {"break_a_scene": break_a_scene}
 METHODS: tuple[str, ...] = tuple(TUNERS) + tuple(SCENE_TUNERS)  # the default first

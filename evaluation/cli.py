@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--baselines",
         type=_baselines,
         default=None,
-        help="baseline rows as METHOD@STEPS (default: textual_inversion@400,dreambooth@200; `none` for none)",
+        help="baseline rows as METHOD@STEPS (default: textual_inversion@400,dreambooth@200,two_stage@200; "
+        "`none` for none)",
     )
     p.add_argument("--images", type=int, default=None, help="images per prompt (default: 2)")
     p.add_argument("--denoise-steps", type=int, default=None, help="denoising steps (default: 25; 3 with --quick)")
@@ -84,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="subject pairs per domain pair, generated with prompts naming both (default: 2; 1 with --quick; 0: none)",
+    )
+    p.add_argument(
+        "--drift-images", type=int, default=None, help="class-word images per concept for language drift (default: 4)"
     )
     p.add_argument("--quick", action="store_true", help="2 subjects x 2 prompts x 2 images, 3 denoising steps")
     p.add_argument("--clip", type=Path, default=None, help="CLIPModel + CLIPProcessor folder: adds CLIP-I and CLIP-T")
@@ -113,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "grid_images": args.grid_images,
         "combined_pairs": args.combined_pairs,
+        "drift_images": args.drift_images,
         "domains": tuple(d.strip() for d in args.domains.split(",") if d.strip()) if args.domains else None,
     }
     overrides = {k: v for k, v in given.items() if v is not None}

@@ -5,7 +5,8 @@
 3. reference rows: true renders, another identity's renders, their VAE round trip, the class-word base,
    the base told the subject's attributes in words
 4. method rows: personalize each subject with E4T at each tuning-step count and with each baseline
-   at its budget (timed), generate every prompt
+   at its budget (timed), generate every prompt, and measure each concept's language drift (the bare
+   class word's images before and after, `evaluation.drift`)
 5. score the rows with the judges (and CLIP-I / CLIP-T / DINO), write metrics.json and report.html
 """
 
@@ -28,6 +29,7 @@ from e4t.methods import TUNERS
 from e4t.pack import DomainPack
 from evaluation import metrics, protocol
 from evaluation.combined import CombinedConfig, run_combined
+from evaluation.drift import DriftProbe
 from evaluation.protocol import Prompt, Subject
 from evaluation.references import (
     CLASS_WORD,
@@ -42,7 +44,7 @@ from shards.synth import described_caption
 
 METHOD = "e4t"
 # each baseline at the budget bench/fidelity_vs_time.py found best on this world (README)
-BASELINES: tuple[tuple[str, int], ...] = (("textual_inversion", 400), ("dreambooth", 200))
+BASELINES: tuple[tuple[str, int], ...] = (("textual_inversion", 400), ("dreambooth", 200), ("two_stage", 200))
 COMBINED_TUNE_STEPS = 5  # E4T's default: the combined section measures what a user gets
 DIVERSITY_EMBEDDING = "identity judge (e4t.judges.IdentityJudge, 128-d, L2-normalized)"
 METRICS = {
@@ -58,6 +60,8 @@ METRICS = {
     "combined": "prompts naming two concepts personalized apart ('{a} and {b}'): per concept, id_sim on its crop "
     "of the combined images (evaluation/per_concept.py), alone (the same prompt naming it only), and against "
     "held-out distractors (the floor); context_acc of the combined and the alone images",
+    "drift": "1 - mean identity-judge cosine of the bare class word's images (fixed seeds) before and after tuning",
+    "drift_toward_subject": "id_sim of the bare class word's images to the subject, after tuning minus before",
 }
 
 
@@ -76,6 +80,7 @@ class EvalConfig:
     domains: tuple[str, ...] | None = None  # None: every loaded domain, the main one ("faces") first
     grid_images: int = 1  # images per (prompt, row) cell of the report's grids
     combined_pairs: int = 2  # pairs of subjects per domain pair for prompts naming two concepts; 0: none
+    drift_images: int = 4  # class-word images per concept for its language drift (evaluation.drift); 0: none
 
     @classmethod
     def quick_config(cls, **overrides) -> EvalConfig:
@@ -97,6 +102,8 @@ class EvalConfig:
                 raise ValueError(f"`{name}` must be at least 1 but is {getattr(self, name)}.")
         if self.combined_pairs < 0:
             raise ValueError(f"`combined_pairs` must be at least 0 but is {self.combined_pairs}.")
+        if self.drift_images < 0:
+            raise ValueError(f"`drift_images` must be at least 0 but is {self.drift_images}.")
         if not self.steps or any(s < 0 for s in self.steps):
             raise ValueError(f"`steps` must be a non-empty list of non-negative counts but is {list(self.steps)}.")
         unknown = [m for m, _ in self.baselines if m not in TUNERS or m == METHOD]
@@ -114,6 +121,7 @@ class Row:
     groups: dict[tuple[int, int], list[Image.Image]] = field(default_factory=dict)  # (subject, prompt) -> images
     tune_s: list[float] = field(default_factory=list)
     gen_s: list[float] = field(default_factory=list)  # seconds per generated image
+    drift: list[dict[str, float]] = field(default_factory=list)  # per subject: evaluation.drift.DriftProbe.measure
 
     @property
     def label(self) -> str:
@@ -165,8 +173,13 @@ def _timed_generate(row: Row, key: tuple[int, int], *args, **kwargs) -> None:
     row.groups[key] = images
 
 
-def run_domain(base: Base, pack: DomainPack, n_subjects: int, config: EvalConfig, progress: bool = True) -> DomainRun:
-    """Steps 2-4 of the recipe for one domain: every image of every row, unscored."""
+def run_domain(
+    base: Base, pack: DomainPack, n_subjects: int, config: EvalConfig, progress: bool = True, identity=None
+) -> DomainRun:
+    """Steps 2-4 of the recipe for one domain: every image of every row, unscored.
+
+    With the identity judge `identity`, each method row also records its concepts' language drift.
+    """
     # 2. subjects, distractors (the next held-out identities) and their renders
     domain, size, n = pack.domain, base.resolution, config.images_per_prompt
     subjects = protocol.heldout_identities(domain, n_subjects)
@@ -208,11 +221,17 @@ def run_domain(base: Base, pack: DomainPack, n_subjects: int, config: EvalConfig
     # 4. method rows: one concept per (subject, method, step count), the same tuning seed for all
     method_rows = [Row(METHOD, s, domain) for s in config.steps] + [Row(m, s, domain) for m, s in config.baselines]
     TUNERS[METHOD](base, pack, inputs[0], steps=0, seed=config.seed)  # warm-up: the first call builds the adapter
+    probe = None
+    if identity is not None and config.drift_images:
+        words = dict(steps=config.denoise_steps, guidance=config.guidance, seed=config.seed)
+        probe = DriftProbe(base, pack, identity, count=config.drift_images, **words)
     for i, image in enumerate(inputs):
         for row in method_rows:
             t = time.perf_counter()
             concept = TUNERS[row.method](base, pack, image, steps=row.steps, seed=config.seed, owner="eval")
             row.tune_s.append(time.perf_counter() - t)
+            if probe is not None:
+                row.drift.append(probe.measure(concept, identity.embed(references[i])))
             for p in prompt_list:
                 seed = protocol.generation_seed(p, config.seed)
                 _timed_generate(
@@ -285,6 +304,9 @@ class Scorer:
             out["tune_s"] = sum(row.tune_s) / len(row.tune_s)
         if row.gen_s:
             out["gen_s_per_image"] = sum(row.gen_s) / len(row.gen_s)
+        if row.drift:
+            out["drift"] = sum(d["drift"] for d in row.drift) / len(row.drift)
+            out["drift_toward_subject"] = sum(d["toward_subject"] for d in row.drift) / len(row.drift)
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}
 
 
@@ -336,7 +358,8 @@ def evaluate(
     runs, rows = [], []
     for domain in domains:
         main = domain == domains[0]
-        run = run_domain(base, packs[domain][0], config.subjects if main else config.other_subjects, config, progress)
+        n = config.subjects if main else config.other_subjects
+        run = run_domain(base, packs[domain][0], n, config, progress, identity=scorer.identity)
         runs.append(run)
         rows += [scorer.score(run, row) for row in tqdm(run.rows, desc=f"score {domain}", disable=not progress)]
     combined, combined_grids = [], {}

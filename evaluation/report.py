@@ -22,6 +22,8 @@ COLUMNS = (
     "n_images",
     "tune_s",
     "gen_s_per_image",
+    "drift",
+    "drift_toward_subject",
 )
 PLOTTED = (
     ("id_sim", "ID similarity (identity judge)"),

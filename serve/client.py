@@ -216,7 +216,7 @@ class E4TClient:
     ) -> dict[str, Any]:
         """Tunes a concept from one image; returns its metadata. `on_progress(step, total, loss, stage)`.
 
-        `method`: "e4t", "textual_inversion" or "dreambooth"; `steps` None: the method's default.
+        `method`: "e4t", "textual_inversion", "dreambooth" or "two_stage"; `steps` None: the method's default.
         """
         request = _personalize_request(image, domain, steps, seed, mask, method, owner)
         concept = None

@@ -1,7 +1,8 @@
 """`e4t client`: talk to a running e4t server.
 
 e4t client domains
-e4t client personalize me.png --domain faces [--method e4t|textual_inversion|dreambooth] [--steps N] [--mask mask.png]
+e4t client personalize me.png --domain faces [--method e4t|textual_inversion|dreambooth|two_stage] [--steps N]
+    [--mask mask.png]
 e4t client personalize scene.png --domain faces --method break_a_scene --mask a.png --mask b.png
 e4t client personalize scene.png --method break_a_scene --mask a.png --mask b.png --mask-domain faces --mask-domain cats
 e4t client generate --prompt "a photo of {c_0123456789ab} on the beach" --out out/ [--num-images 4]
@@ -23,7 +24,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-METHODS = ("e4t", "textual_inversion", "dreambooth", "break_a_scene")  # as the server's ListDomains reports them
+# as the server's ListDomains reports them
+METHODS = ("e4t", "textual_inversion", "dreambooth", "two_stage", "break_a_scene")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--mask-domain", action="append", default=[], help="break_a_scene: each mask's domain, in mask order"
     )
     pers.add_argument(
-        "--steps", type=int, help="tuning steps; default: the method's (e4t 5, textual_inversion 1000, dreambooth 400)"
+        "--steps",
+        type=int,
+        help="tuning steps; default: the method's (e4t 5, textual_inversion 1000, dreambooth 400, two_stage 200)",
     )
     pers.add_argument("--seed", type=int, default=0)
     pers.add_argument("--method", default="e4t", choices=METHODS, help="personalization method (default: e4t)")

@@ -488,8 +488,9 @@ class Engine:
 
         # 3. tune, then store, on the worker
         def run(job: Job) -> ConceptRecord:
-            def progress(step: int, total: int, loss: float) -> None:
-                job.emit("progress", (int(step), int(total), float(loss), "tuning"))
+            def progress(step: int, total: int, loss: float, stage: str = "tuning") -> None:
+                # a method of several stages names them ("tuning:embedding", "tuning:unet": e4t.two_stage)
+                job.emit("progress", (int(step), int(total), float(loss), stage))
 
             concept = TUNERS[method](
                 self.base,

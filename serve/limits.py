@@ -22,6 +22,7 @@ DEFAULT_PERSONALIZE_STEPS = 5
 # tuning steps when a request leaves them unset, per personalization method
 DEFAULT_METHOD_STEPS = {"e4t": DEFAULT_PERSONALIZE_STEPS, "textual_inversion": 1000, "dreambooth": 400}
 DEFAULT_METHOD_STEPS["break_a_scene"] = 300  # e4t.break_a_scene.DEFAULT_STEPS
+DEFAULT_METHOD_STEPS["two_stage"] = 200  # e4t.two_stage.DEFAULT_STEPS
 DEFAULT_NUM_IMAGES = 4
 DEFAULT_GENERATE_STEPS = 25
 DEFAULT_GUIDANCE = 7.5
@@ -47,6 +48,7 @@ class Limits:
     max_textual_inversion_steps: int = 3000  # e4t.textual_inversion.MAX_STEPS
     max_dreambooth_steps: int = 1000  # e4t.dreambooth.MAX_STEPS
     max_break_a_scene_steps: int = 1000  # e4t.break_a_scene.MAX_STEPS
+    max_two_stage_steps: int = 1000  # e4t.two_stage.MAX_STEPS
     max_guidance: float = 30.0
     max_seed: int = 2**32 - 1
     max_owner_chars: int = 128
@@ -59,6 +61,7 @@ class Limits:
             "textual_inversion": self.max_textual_inversion_steps,
             "dreambooth": self.max_dreambooth_steps,
             "break_a_scene": self.max_break_a_scene_steps,
+            "two_stage": self.max_two_stage_steps,
         }[method]
 
 

@@ -332,7 +332,7 @@ class E4TServicer(pb2_grpc.E4TServicer):
             now = time.monotonic()
             if kind == "progress":
                 step, total, loss, stage = payload
-                if stage in ("tuning", "saving") and tuning_from is None:
+                if (stage.startswith("tuning") or stage == "saving") and tuning_from is None:
                     tuning_from = now
                     metrics.STAGE_LATENCY.labels(call.rpc, "wait").observe(now - submitted)
                 if stage == "saving" and saving_from is None:

@@ -41,7 +41,7 @@ def quick_run(tiny_base_dir, tiny_pack_path, tiny_judges, tiny_real_models, tmp_
         "--steps",
         "0,1",
         "--baselines",
-        "textual_inversion@2,dreambooth@1",
+        "textual_inversion@2,dreambooth@1,two_stage@2",
         "--clip",
         str(clip_dir),
         "--dino",
@@ -58,9 +58,12 @@ def test_metrics_json_has_every_row_in_range(quick_run):
     _, result = quick_run
     rows = result["rows"]
     assert [r["steps"] for r in rows if r["method"] == "e4t"] == [0, 1]
-    assert [(r["method"], r["steps"]) for r in rows if r["method"] in ("textual_inversion", "dreambooth")] == [
+    assert [
+        (r["method"], r["steps"]) for r in rows if r["method"] in ("textual_inversion", "dreambooth", "two_stage")
+    ] == [
         ("textual_inversion", 2),
         ("dreambooth", 1),
+        ("two_stage", 2),
     ]
     assert {r["method"] for r in rows if r["steps"] is None} == set(REFERENCE_ROWS)
     for r in rows:
@@ -77,6 +80,17 @@ def test_metrics_json_has_every_row_in_range(quick_run):
     assert len(faces["subjects"]) == 2 and len(faces["prompts"]) == 2
     assert not {s["identity"] for s in faces["subjects"]} & set(faces["distractors"])
     assert "identity judge" in proto["metrics"]["diversity"]
+
+
+def test_method_rows_carry_their_language_drift(quick_run):
+    _, result = quick_run
+    rows = {(r["method"], r["steps"]): r for r in result["rows"]}
+    # Textual Inversion leaves the base untouched; concepts with offsets may move the class word's images
+    assert rows["textual_inversion", 2]["drift"] == 0.0 and rows["textual_inversion", 2]["drift_toward_subject"] == 0.0
+    for key in (("e4t", 0), ("e4t", 1), ("dreambooth", 1), ("two_stage", 2)):
+        assert 0.0 <= rows[key]["drift"] <= 2.0 and -2.0 <= rows[key]["drift_toward_subject"] <= 2.0, key
+    assert all("drift" not in r for r in result["rows"] if r["steps"] is None)  # reference rows tune nothing
+    assert "before and after tuning" in result["protocol"]["metrics"]["drift"]
 
 
 def test_report_is_self_contained_with_images_and_plots(quick_run):

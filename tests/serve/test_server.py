@@ -39,7 +39,7 @@ def test_list_domains(served):
     assert (
         domain["name"] == "faces"
         and domain["class_word"] == "face"
-        and domain["methods"] == ["e4t", "textual_inversion", "dreambooth"]
+        and domain["methods"] == ["e4t", "textual_inversion", "dreambooth", "two_stage", "break_a_scene"]
     )
     assert domain["pack_hash"]
 

@@ -56,6 +56,11 @@ PERSONALIZE_CASES = {
         INVALID,
         "`steps` has to be in [0, 1000] but is 1001",
     ),
+    "two_stage steps 1001": (
+        dict(method="two_stage", steps=1001),
+        INVALID,
+        "`steps` has to be in [0, 1000] but is 1001",
+    ),
     "negative seed": (dict(seed=-1), INVALID, "`seed`"),
     "bad mask": (dict(mask=b"nope"), INVALID, "mask could not be decoded"),
 }
