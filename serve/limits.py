@@ -21,8 +21,8 @@ from serve.errors import RateLimited
 DEFAULT_PERSONALIZE_STEPS = 5
 # tuning steps when a request leaves them unset, per personalization method
 DEFAULT_METHOD_STEPS = {"e4t": DEFAULT_PERSONALIZE_STEPS, "textual_inversion": 1000, "dreambooth": 400}
-DEFAULT_METHOD_STEPS["break_a_scene"] = 300  # e4t.break_a_scene.DEFAULT_STEPS
 DEFAULT_METHOD_STEPS["two_stage"] = 200  # e4t.two_stage.DEFAULT_STEPS
+DEFAULT_METHOD_STEPS["break_a_scene"] = 300  # e4t.break_a_scene.DEFAULT_STEPS
 DEFAULT_NUM_IMAGES = 4
 DEFAULT_GENERATE_STEPS = 25
 DEFAULT_GUIDANCE = 7.5
