@@ -216,20 +216,14 @@ class E4TClient:
     ) -> dict[str, Any]:
         """Tunes a concept from one image; returns its metadata. `on_progress(step, total, loss, stage)`.
 
-        `method`: "e4t", "textual_inversion", "dreambooth" or "two_stage"; `steps` None: the method's default.
+        `method`: "e4t", "textual_inversion", "dreambooth" or "two_stage" (break_a_scene: `personalize_scene`);
+        `steps` None: the method's default.
         """
         request = _personalize_request(image, domain, steps, seed, mask, method, owner)
-        concept = None
-        # read the stream to its end: leaving after the concept would cancel an RPC that succeeded
-        for event in self.stub.Personalize(request, timeout=self.timeout):
-            if event.HasField("concept"):
-                concept = concept_dict(event.concept)
-            elif on_progress is not None:
-                p = event.progress
-                on_progress(p.step, p.total, p.loss, p.stage)
-        if concept is None:
-            raise RuntimeError("the server ended the Personalize stream without a concept.")
-        return concept
+        concepts = self._personalize_stream(request, on_progress)
+        if len(concepts) != 1:
+            raise RuntimeError(f"the server ended the Personalize stream with {len(concepts)} concepts, not 1.")
+        return concepts[0]
 
     def personalize_scene(
         self,
@@ -249,15 +243,22 @@ class E4TClient:
         `mask_domains`: the domain of each mask's subject; None: all in `domain`.
         """
         request = _personalize_request(image, domain, steps, seed, None, method, owner, masks, mask_domains or ())
+        concepts = self._personalize_stream(request, on_progress)
+        if len(concepts) != len(masks):
+            raise RuntimeError(f"the server sent {len(concepts)} concepts for {len(masks)} masks.")
+        return concepts
+
+    def _personalize_stream(
+        self, request: pb2.PersonalizeRequest, on_progress: Callable[[int, int, float, str], None] | None
+    ) -> list[dict[str, Any]]:
+        """The concepts of a Personalize stream, read to its end (leaving early would cancel an RPC that succeeded)."""
         concepts = []
-        for event in self.stub.Personalize(request, timeout=self.timeout):  # to the end: one concept per mask
+        for event in self.stub.Personalize(request, timeout=self.timeout):
             if event.HasField("concept"):
                 concepts.append(concept_dict(event.concept))
             elif on_progress is not None:
                 p = event.progress
                 on_progress(p.step, p.total, p.loss, p.stage)
-        if len(concepts) != len(masks):
-            raise RuntimeError(f"the server sent {len(concepts)} concepts for {len(masks)} masks.")
         return concepts
 
     def generate(
