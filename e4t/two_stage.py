@@ -32,7 +32,7 @@ The concept is self-contained like DreamBooth's: the learned embedding, its own 
 reads as "a photo of <S> face on the beach", as it was tuned. The pack lends its class word and
 offset layout only.
 
-Defaults, measured on the embedded world (README, "Baseline methods"; 2 held-out subjects per domain,
+Defaults, measured on the embedded world (README, "Baseline methods"; 3 held-out subjects per domain,
 `python bench/fidelity_vs_time.py --methods e4t,dreambooth,two_stage --ts-steps 25,50,100,200 ...`):
 a quarter of the steps on the embedding at lr 5e-3 (Textual Inversion's rate: stage one is Textual
 Inversion), the rest on the offsets at lr 1e-3, batch 4, 200 steps. On one subject per domain at
@@ -40,8 +40,8 @@ Inversion), the rest on the offsets at lr 1e-3, batch 4, 200 steps. On one subje
 (id_sim 0.22 / 0.06 for faces / cats against 0.31 / 0.15; drift 0.52 / 0.56 against 0.87 / 0.84),
 and with the offsets at lr 3e-4 as well the drift fell to 0.02 and the identity with it (0.18 /
 -0.01): the drift follows how far the offsets move, whichever stage carries the subject. Identity
-rises up to the 200 steps measured (0.34 / 0.40; DreamBooth's best 0.11 / 0.14 at 300 steps, in
-7.5-9x the time).
+rises up to the 200 steps measured (0.38 / 0.46; DreamBooth's best 0.15 / 0.22 at 300 steps, in
+2.4-3.1x the time), and so does the drift (0.72 / 0.76 against DreamBooth's 0.32 / 0.41).
 """
 
 from __future__ import annotations
