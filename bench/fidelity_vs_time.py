@@ -1,8 +1,9 @@
-"""Fidelity against tuning time: E4T, Textual Inversion, DreamBooth and two_stage on held-out subjects, in one run.
+"""Fidelity against tuning time: E4T, Textual Inversion, DreamBooth, two_stage and Break-A-Scene on held-out subjects.
 
     python bench/fidelity_vs_time.py --out out/fidelity            # both domains, 4 subjects each
     python bench/fidelity_vs_time.py --out out/f --subjects 1 --ti-steps 5,20 --db-steps 5,20 --e4t-steps 0,5
     python bench/fidelity_vs_time.py --out out/ts --methods two_stage,dreambooth --ts-steps 50,100,200
+    python bench/fidelity_vs_time.py --out out/bas --methods e4t,dreambooth,break_a_scene --bas-steps 100,300
     python bench/fidelity_vs_time.py --out out/all --merge out/faces out/cats   # runs of one domain each, joined
 
 For each held-out subject of each domain, E4T runs once per step count (it takes seconds), and
@@ -12,6 +13,8 @@ time from the run's start to that step. Every concept then generates the same pr
 same seeds, scored by the project's judges (id_sim, context_acc, as `e4t eval`). The peak resident
 memory of each tuning run is sampled, and compared with that of generating four images.
 two_stage runs once per step count like E4T: its split between the stages depends on the total.
+Break-A-Scene also runs once per step count (it takes no snapshots; its phases split the total),
+with one mask: the subject's exact mask in the input image (`protocol.input_mask`).
 
 Language drift (`evaluation.drift`): every concept also draws the bare class word ("a photo of a
 face", fixed seeds) with its offsets active; each row carries `drift` (1 − mean identity cosine to
@@ -42,14 +45,14 @@ from real_shapes import PeakRSS  # noqa: E402  (bench/ is on the path when a scr
 from e4t import generate, load_base, load_pack  # noqa: E402
 from e4t.embedded import artifacts_root, default_paths  # noqa: E402
 from e4t.judges import load_judges  # noqa: E402
-from e4t.methods import TUNERS  # noqa: E402
+from e4t.methods import TUNERS, tune_one  # noqa: E402
 from e4t.two_stage import TwoStageConfig, two_stage  # noqa: E402
 from evaluation import protocol  # noqa: E402
 from evaluation.drift import DriftProbe  # noqa: E402
 from evaluation.harness import DomainRun, Row, Scorer  # noqa: E402
 
 SNAPSHOT_METHODS = ("textual_inversion", "dreambooth")
-BASELINE_METHODS = (*SNAPSHOT_METHODS, "two_stage")
+BASELINE_METHODS = (*SNAPSHOT_METHODS, "two_stage", "break_a_scene")
 PROMPTS = (0, 4, 6, 7)  # beach, glasses, sketch, painting: a background, an accessory, two media
 
 
@@ -66,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ti-steps", type=_ints, default=(50, 200, 600), help="Textual Inversion snapshots")
     p.add_argument("--db-steps", type=_ints, default=(25, 100, 300), help="DreamBooth snapshots")
     p.add_argument("--ts-steps", type=_ints, default=(50, 100, 200), help="two_stage step counts (a run each)")
+    p.add_argument("--bas-steps", type=_ints, default=(100, 300), help="Break-A-Scene step counts (a run each)")
     p.add_argument("--ts-config", type=json.loads, default={}, help="two_stage settings, e.g. '{\"lr_offsets\": 3e-3}'")
     p.add_argument("--methods", default=None, help="comma-separated (default: e4t and every baseline)")
     p.add_argument("--drift-images", type=int, default=4, help="class-word images per concept for drift (0: off)")
@@ -79,10 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def tune(
-    method: str, steps: tuple[int, ...], base, pack, image, ts_config: dict | None = None
+    method: str, steps: tuple[int, ...], base, pack, image, ts_config: dict | None = None, mask=None
 ) -> tuple[list[tuple[int, float, object]], float]:
-    """[(steps, seconds, concept)] for every step count, and the peak RSS (MB) of the tuning."""
-    tuner: Callable = TUNERS[method]
+    """[(steps, seconds, concept)] for every step count, and the peak RSS (MB) of the tuning.
+
+    `mask` is the subject's mask in `image`, which scene tuners (Break-A-Scene) learn from."""
+    tuner: Callable = functools.partial(tune_one, method, subject_mask=mask)
     if method == "two_stage" and ts_config:
         tuner = functools.partial(two_stage, config=TwoStageConfig(**ts_config))
     results = []
@@ -139,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         "textual_inversion": args.ti_steps,
         "dreambooth": args.db_steps,
         "two_stage": args.ts_steps,
+        "break_a_scene": args.bas_steps,
     }
     if args.methods:
         budgets = {m: budgets[m] for m in args.methods.split(",")}
@@ -149,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         subjects = protocol.heldout_identities(domain, args.subjects)
         prompts = [p for p in protocol.prompts(domain) if p.index in PROMPTS]
         inputs = [protocol.input_image(s, base.resolution) for s in subjects]
+        masks = [protocol.input_mask(s, base.resolution) for s in subjects]
         refs = [protocol.reference_images(s, 4, base.resolution) for s in subjects]
         run = DomainRun(domain, subjects, [], prompts, inputs, refs, [])
         rows = {(m, k): Row(m, k, domain) for m, steps in budgets.items() for k in steps}
@@ -168,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
         for i, image in enumerate(inputs):
             for method, steps in budgets.items():
-                results, peak_mb = tune(method, steps, base, pack, image, args.ts_config)
+                results, peak_mb = tune(method, steps, base, pack, image, args.ts_config, masks[i])
                 peaks[method].append(peak_mb)
                 for k, seconds, concept in results:
                     row = rows[method, k]
@@ -267,7 +275,13 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     domains = sorted({r["domain"] for r in rows}, key=lambda d: (d != "faces", d))
-    colors = {"e4t": "#264653", "textual_inversion": "#6d597a", "dreambooth": "#e76f51", "two_stage": "#2a9d8f"}
+    colors = {
+        "e4t": "#264653",
+        "textual_inversion": "#6d597a",
+        "dreambooth": "#e76f51",
+        "two_stage": "#2a9d8f",
+        "break_a_scene": "#e9c46a",
+    }
     panels = ("id_sim", "context_acc", "drift") if any("drift" in r for r in rows) else ("id_sim", "context_acc")
     fig, axes = plt.subplots(len(domains), len(panels), figsize=(5 * len(panels), 3.6 * len(domains)), squeeze=False)
     for row_axes, domain in zip(axes, domains, strict=True):

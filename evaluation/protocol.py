@@ -12,6 +12,9 @@ import random
 from dataclasses import asdict, dataclass
 from types import ModuleType
 
+from PIL import Image
+
+from shards.scenes import coverage_mask
 from shards.splits import split_of
 from shards.synth import get_domain
 
@@ -127,6 +130,22 @@ def input_image(subject: Subject, size: int):
     return render(
         subject, dict(zip(("medium", "background", "accessory"), INPUT_CONTEXT, strict=True)), INPUT_NUISANCE, size
     )
+
+
+def input_mask(subject: Subject, size: int):
+    """The exact mask (L, 255 = subject) of `input_image(subject, size)`: its renderer's subject layer, not a guess.
+
+    The layer's alpha, pasted where the renderer pastes it on its supersampled canvas, becomes a pixel of the
+    subject when a quarter or more of that pixel is covered (`shards.scenes.coverage_mask`, as the scenes of
+    `shards.two_subjects`); scene tuners (Break-A-Scene) take it as the single subject's mask.
+    """
+    mod = world(subject.domain)
+    s = size * mod.SUPERSAMPLE
+    accessory = INPUT_CONTEXT[2]
+    part, offset = mod.draw_subject(subject.attributes, accessory, INPUT_NUISANCE, s)
+    layer = Image.new("L", (s, s), 0)
+    layer.paste(part.getchannel("A"), offset)
+    return coverage_mask(layer, size)
 
 
 def reference_images(subject: Subject, count: int, size: int) -> list:

@@ -130,6 +130,13 @@ def background(name: str, variant: int, size: int) -> Image.Image:
     return img.convert("RGBA")
 
 
+def coverage_mask(alpha: Image.Image, size: int) -> Image.Image:
+    """The L mask (255 = subject) at `size` of a supersampled layer's alpha: a pixel counts when a quarter or more
+    of it is covered (a half would leave thin strokes, whiskers, outside)."""
+    coverage = alpha.resize((size, size), Image.Resampling.BOX)
+    return Image.fromarray(np.where(np.asarray(coverage) >= 64, 255, 0).astype(np.uint8), "L")
+
+
 def apply_lighting(img: Image.Image, nuisance: dict) -> Image.Image:
     """Brightness/contrast gain and a soft directional shade (one side darker than the other)."""
     arr = np.asarray(img, dtype=np.float32)

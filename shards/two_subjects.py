@@ -25,10 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageChops
 
-from shards.scenes import MEDIA, apply_lighting, apply_medium, background, background_phrase
+from shards.scenes import MEDIA, apply_lighting, apply_medium, background, background_phrase, coverage_mask
 from shards.synth import get_domain
 
 SUPERSAMPLE = 4
@@ -117,8 +116,7 @@ def render_scene(
         column.paste(255, (i * half, 0, (i + 1) * half, s))
         layer.putalpha(ImageChops.multiply(layer.getchannel("A"), column))
         canvas.alpha_composite(layer)
-        coverage = layer.getchannel("A").resize((size, size), Image.Resampling.BOX)
-        masks.append(Image.fromarray(np.where(np.asarray(coverage) >= 64, 255, 0).astype(np.uint8), "L"))
+        masks.append(coverage_mask(layer.getchannel("A"), size))
 
     # 3. medium and light on the finished picture, as the single-subject renderers do
     image = apply_medium(canvas.convert("RGB"), context["medium"]).resize((size, size), Image.LANCZOS, reducing_gap=2.0)

@@ -193,3 +193,20 @@ def test_the_concepts_generate_alone_and_together(tiny, cats_pack, run):
     together = generate(base, packs, named, f"a photo of {{{c1}}} and {{{c2}}}", num_images=1, steps=2, seed=1)
     alone = generate(base, packs, named, f"a photo of {{{c1}}}", num_images=1, steps=2, seed=1)
     assert together[0].tobytes() != alone[0].tobytes()
+
+
+def test_tune_one_runs_a_scene_tuner_on_one_subject(tiny):
+    """The evaluation's and the benchmark's path: one pack, the image, the subject's mask, one concept back."""
+    from e4t.methods import tune_one
+    from evaluation import protocol
+
+    base, pack = tiny
+    subject = protocol.heldout_identities("faces", 1)[0]
+    image, mask = protocol.input_image(subject, base.resolution), protocol.input_mask(subject, base.resolution)
+    concept = tune_one("break_a_scene", base, pack, image, subject_mask=mask, steps=2, seed=0, config=FAST)
+    (alone,) = break_a_scene(base, [pack], image, [mask], steps=2, seed=0, config=FAST)
+    assert concept.method == "break_a_scene" and torch.equal(concept.embedding, alone.embedding)
+    with pytest.raises(InvalidInput, match="break_a_scene .* needs `subject_mask`"):
+        tune_one("break_a_scene", base, pack, image, steps=2)
+    with pytest.raises(InvalidInput, match="unknown method 'sks'; the methods are e4t, .*break_a_scene"):
+        tune_one("sks", base, pack, image, steps=2)

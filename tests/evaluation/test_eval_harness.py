@@ -41,7 +41,7 @@ def quick_run(tiny_base_dir, tiny_pack_path, tiny_judges, tiny_real_models, tmp_
         "--steps",
         "0,1",
         "--baselines",
-        "textual_inversion@2,dreambooth@1,two_stage@2",
+        "textual_inversion@2,dreambooth@1,two_stage@2,break_a_scene@2",
         "--clip",
         str(clip_dir),
         "--dino",
@@ -59,11 +59,14 @@ def test_metrics_json_has_every_row_in_range(quick_run):
     rows = result["rows"]
     assert [r["steps"] for r in rows if r["method"] == "e4t"] == [0, 1]
     assert [
-        (r["method"], r["steps"]) for r in rows if r["method"] in ("textual_inversion", "dreambooth", "two_stage")
+        (r["method"], r["steps"])
+        for r in rows
+        if r["method"] in ("textual_inversion", "dreambooth", "two_stage", "break_a_scene")
     ] == [
         ("textual_inversion", 2),
         ("dreambooth", 1),
         ("two_stage", 2),
+        ("break_a_scene", 2),  # a scene tuner, given the subject's exact mask (protocol.input_mask)
     ]
     assert {r["method"] for r in rows if r["steps"] is None} == set(REFERENCE_ROWS)
     for r in rows:
@@ -87,7 +90,7 @@ def test_method_rows_carry_their_language_drift(quick_run):
     rows = {(r["method"], r["steps"]): r for r in result["rows"]}
     # Textual Inversion leaves the base untouched; concepts with offsets may move the class word's images
     assert rows["textual_inversion", 2]["drift"] == 0.0 and rows["textual_inversion", 2]["drift_toward_subject"] == 0.0
-    for key in (("e4t", 0), ("e4t", 1), ("dreambooth", 1), ("two_stage", 2)):
+    for key in (("e4t", 0), ("e4t", 1), ("dreambooth", 1), ("two_stage", 2), ("break_a_scene", 2)):
         assert 0.0 <= rows[key]["drift"] <= 2.0 and -2.0 <= rows[key]["drift_toward_subject"] <= 2.0, key
     assert all("drift" not in r for r in result["rows"] if r["steps"] is None)  # reference rows tune nothing
     assert "before and after tuning" in result["protocol"]["metrics"]["drift"]
@@ -167,8 +170,9 @@ def test_domain_choice_and_config_checks():
         pick_domains(packs, EvalConfig(domains=("art",)))
     with pytest.raises(ValueError, match="`steps`"):
         EvalConfig(steps=(-1,))
-    with pytest.raises(ValueError, match="`baselines`"):
+    with pytest.raises(ValueError, match="`baselines` must name methods of .*'break_a_scene'.* but names \\['sks'\\]"):
         EvalConfig(baselines=(("sks", 10),))
+    assert ("break_a_scene", 2) in EvalConfig(baselines=(("break_a_scene", 2),)).baselines
     assert EvalConfig.quick_config().images_per_prompt == 2
 
 

@@ -1,0 +1,32 @@
+"""bench/fidelity_vs_time.py without tuning: Break-A-Scene rows in its options, summary and figure."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+import fidelity_vs_time as bench  # noqa: E402
+
+
+def _row(method: str, steps: int, seconds: float, id_sim: float) -> dict:
+    return dict(
+        domain="faces", method=method, steps=steps, seconds=seconds, id_sim=id_sim, context_acc=0.5, peak_rss_mb=500.0
+    ) | {"drift": 0.3, "drift_toward_subject": 0.1}
+
+
+def test_break_a_scene_rows_are_summarized_and_plotted(tmp_path):
+    args = bench.build_parser().parse_args(["--out", "x", "--methods", "e4t,break_a_scene", "--bas-steps", "50,150"])
+    assert args.bas_steps == (50, 150)
+    rows = [_row("e4t", 5, 1.0, 0.05), _row("break_a_scene", 100, 30.0, 0.06), _row("break_a_scene", 300, 70.0, 0.27)]
+    summary = bench.summarize(rows, {"faces": {"peak_rss_mb": 400.0}})["faces"]
+    assert summary["break_a_scene_best"] == {
+        "steps": 300,
+        "seconds": 70.0,
+        "id_sim": 0.27,
+        "context_acc": 0.5,
+        "drift": 0.3,
+    }
+    assert summary["e4t5_minus_break_a_scene_best_id_sim"] == -0.22
+    assert summary["break_a_scene_best_time_over_e4t5"] == 70.0
+    bench.plot(rows, tmp_path / "f.png")
+    assert (tmp_path / "f.png").stat().st_size > 1000
