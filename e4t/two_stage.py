@@ -23,9 +23,10 @@ captions as one token; the rule then takes the adjective of fewest tokens (the f
 ties) and starts from the mean of its token embeddings, as `e4t.prompts.word_embedding` does for
 any word. The placeholder takes one token slot either way.
 
-`steps` counts both stages: the first `embedding_share` * steps (rounded half up) tune the embedding,
-the rest the offsets. Progress reports steps of the whole run, with the stage named where the callback takes
-a `stage` argument (the engine's does: "tuning:embedding", then "tuning:unet").
+`steps` counts both stages: the first `embedding_share` * steps (rounded half up; half by default)
+tune the embedding, the rest the offsets. Progress reports steps of the whole run, with the stage
+named where the callback takes a `stage` argument (the engine's does: "tuning:embedding", then
+"tuning:unet").
 
 The concept is self-contained like DreamBooth's: the learned embedding, its own LoRA factors
 (`relative_to_pack=False`) and the class word as `suffix`, so that "a photo of {c_...} on the beach"
@@ -33,15 +34,14 @@ reads as "a photo of <S> face on the beach", as it was tuned. The pack lends its
 offset layout only.
 
 Defaults, measured on the embedded world (README, "Baseline methods"; 3 held-out subjects per domain,
-`python bench/fidelity_vs_time.py --methods e4t,dreambooth,two_stage --ts-steps 25,50,100,200 ...`):
-a quarter of the steps on the embedding at lr 5e-3 (Textual Inversion's rate: stage one is Textual
-Inversion), the rest on the offsets at lr 1e-3, batch 4, 200 steps. On one subject per domain at
-50 steps, half the steps on the embedding at lr 2e-2 traded identity for drift along the same line
-(id_sim 0.22 / 0.06 for faces / cats against 0.31 / 0.15; drift 0.52 / 0.56 against 0.87 / 0.84),
-and with the offsets at lr 3e-4 as well the drift fell to 0.02 and the identity with it (0.18 /
--0.01): the drift follows how far the offsets move, whichever stage carries the subject. Identity
-rises up to the 200 steps measured (0.38 / 0.46; DreamBooth's best 0.15 / 0.22 at 300 steps, in
-2.4-3.1x the time), and so does the drift (0.72 / 0.76 against DreamBooth's 0.32 / 0.41).
+`python bench/fidelity_vs_time.py --methods two_stage --ts-steps ... --ts-config ...`): half the
+steps on the embedding at lr 2e-2, the other half on the offsets at lr 3e-4, batch 4, 200 steps. The
+drift of the class word follows how far the offsets move, whichever stage carries the subject, so
+the offsets' rate sets the trade: at 200 steps these settings pass DreamBooth's best identity
+(id_sim 0.172 / 0.302 for faces / cats against 0.147 / 0.217 at 300 steps) in a third of its time at
+about its drift (0.35 / 0.36 against 0.32 / 0.41); a quarter of the steps on the embedding at lr
+5e-3 with the offsets at lr 1e-3 reach more than twice its identity (0.376 / 0.459) in the same
+time, at twice its drift (0.72 / 0.76).
 """
 
 from __future__ import annotations
@@ -88,9 +88,9 @@ ADJECTIVES: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class TwoStageConfig:
-    embedding_share: float = 0.25  # of `steps`, spent on stage one
-    lr_embedding: float = 5e-3  # stage one, as Textual Inversion's
-    lr_offsets: float = 1e-3  # stage two, on the LoRA factors
+    embedding_share: float = 0.5  # of `steps`, spent on stage one
+    lr_embedding: float = 2e-2  # stage one (Textual Inversion's 5e-3 is made for 1000 steps)
+    lr_offsets: float = 3e-4  # stage two, on the LoRA factors; 1e-3 buys identity with drift (module docstring)
     batch: int = 4  # augmented views of the image per step, both stages
     adjective: str = ""  # empty: the rule's pick (`rare_adjective`)
 
