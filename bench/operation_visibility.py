@@ -34,12 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-COMPETITOR = """
-import torch
-a = torch.randn(256, 256)
-while True:
-    b = torch.relu(a @ a) + 1
-"""
+from serve_load import COMPETITOR  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 def start_server(store: Path) -> tuple[subprocess.Popen, str]:

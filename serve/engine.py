@@ -469,11 +469,7 @@ class Engine:
         if method in SCENE_TUNERS or masks or mask_domains:
             return self._submit_scene(image_bytes, mask_bytes, masks, domain, mask_domains, method, steps, seed,
                                       owner, timeout, listener)  # fmt: skip
-        steps = DEFAULT_METHOD_STEPS[method] if steps is None else steps
-        seed = 0 if seed is None else seed
-        check_range("steps", steps, 0, limits.max_steps(method))  # 0: the starting point, untuned
-        check_range("seed", seed, 0, limits.max_seed)
-        owner = check_owner(owner, limits)
+        steps, seed, owner = self._run_settings(method, steps, seed, owner)
         if len(image_bytes) + len(mask_bytes) > limits.max_request_bytes:
             raise InvalidInput(
                 f"`image` and `mask` together have to be at most {limits.max_request_bytes} bytes "
@@ -487,12 +483,8 @@ class Engine:
             raise InvalidInput(f"`mask` has to be the size of `image` {image.size} but is {mask.size}.")
 
         # 3. tune, then store, on the worker
-        def run(job: Job) -> ConceptRecord:
-            def progress(step: int, total: int, loss: float, stage: str = "tuning") -> None:
-                # a method of several stages names them ("tuning:embedding", "tuning:unet": e4t.two_stage)
-                job.emit("progress", (int(step), int(total), float(loss), stage))
-
-            concept = TUNERS[method](
+        def tune(progress: Callable[..., None], should_stop: Callable[[], bool]) -> Concept:
+            return TUNERS[method](
                 self.base,
                 pack,
                 image,
@@ -501,16 +493,10 @@ class Engine:
                 mask=mask,
                 owner=owner,
                 progress=progress,
-                should_stop=job.should_stop,
+                should_stop=should_stop,
             )
-            job.check()  # a cancelled request is not acknowledged, so its concept is not kept
-            job.emit("progress", (steps, steps, 0.0, "saving"))
-            job.tell("saving", [concept.id])
-            return self.store.put(concept)
 
-        job = Job("personalize", run, None if timeout is None else time.monotonic() + timeout, listener=listener)
-        job.emit("progress", (0, steps, 0.0, "queued"))
-        return self._submit(job)
+        return self._queue_tuning(tune, steps, timeout, listener)
 
     def _submit_scene(
         self,
@@ -539,11 +525,7 @@ class Engine:
             raise InvalidInput(
                 f"`mask_domains` has to name one domain per mask ({len(masks)}) but has {len(mask_domains)}."
             )
-        steps = DEFAULT_METHOD_STEPS[method] if steps is None else steps
-        seed = 0 if seed is None else seed
-        check_range("steps", steps, 0, limits.max_steps(method))
-        check_range("seed", seed, 0, limits.max_seed)
-        owner = check_owner(owner, limits)
+        steps, seed, owner = self._run_settings(method, steps, seed, owner)
         total = len(image_bytes) + sum(len(m) for m in masks)
         if total > limits.max_request_bytes:
             raise InvalidInput(
@@ -557,11 +539,8 @@ class Engine:
         check_masks(image, decoded, self.base.resolution)
 
         # 3. tune, then store every concept, on the worker
-        def run(job: Job) -> list[ConceptRecord]:
-            def progress(step: int, total: int, loss: float) -> None:
-                job.emit("progress", (int(step), int(total), float(loss), "tuning"))
-
-            concepts = SCENE_TUNERS[method](
+        def tune(progress: Callable[..., None], should_stop: Callable[[], bool]) -> list[Concept]:
+            return SCENE_TUNERS[method](
                 self.base,
                 packs,
                 image,
@@ -570,12 +549,41 @@ class Engine:
                 seed=seed,
                 owner=owner,
                 progress=progress,
-                should_stop=job.should_stop,
+                should_stop=should_stop,
             )
+
+        return self._queue_tuning(tune, steps, timeout, listener)
+
+    def _run_settings(self, method: str, steps: int | None, seed: int | None, owner: str) -> tuple[int, int, str]:
+        """A Personalize's steps (the method's default when unset), seed and owner, checked against the limits."""
+        limits = self.limits
+        steps = DEFAULT_METHOD_STEPS[method] if steps is None else steps
+        seed = 0 if seed is None else seed
+        check_range("steps", steps, 0, limits.max_steps(method))  # 0: the starting point, untuned
+        check_range("seed", seed, 0, limits.max_seed)
+        return steps, seed, check_owner(owner, limits)
+
+    def _queue_tuning(
+        self,
+        tune: Callable[[Callable[..., None], Callable[[], bool]], Concept | list[Concept]],
+        steps: int,
+        timeout: float | None,
+        listener: Callable[[str, Any], None] | None,
+    ) -> Job:
+        """Queues `tune(progress, should_stop)`; the job stores what it returns: one record, or a list for a list."""
+
+        def run(job: Job) -> ConceptRecord | list[ConceptRecord]:
+            def progress(step: int, total: int, loss: float, stage: str = "tuning") -> None:
+                # a method of several stages names them ("tuning:embedding", "tuning:unet": e4t.two_stage)
+                job.emit("progress", (int(step), int(total), float(loss), stage))
+
+            tuned = tune(progress, job.should_stop)
+            concepts = tuned if isinstance(tuned, list) else [tuned]
             job.check()  # a cancelled request is not acknowledged, so its concepts are not kept
             job.emit("progress", (steps, steps, 0.0, "saving"))
             job.tell("saving", [concept.id for concept in concepts])
-            return [self.store.put(concept) for concept in concepts]
+            records = [self.store.put(concept) for concept in concepts]
+            return records if isinstance(tuned, list) else records[0]
 
         job = Job("personalize", run, None if timeout is None else time.monotonic() + timeout, listener=listener)
         job.emit("progress", (0, steps, 0.0, "queued"))

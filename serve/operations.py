@@ -19,10 +19,8 @@ afterwards reports:
 
 from __future__ import annotations
 
-import base64
 import copy
 import functools
-import json
 import logging
 import math
 import os
@@ -35,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from e4t.errors import InvalidInput, NotFound
+from e4t.errors import NotFound
 from e4t.methods import METHODS
 from serve import metrics
 from serve.engine import Engine, Job
@@ -53,6 +51,7 @@ from serve.operation_store import (
     check_operation_id,
     is_orphaned,
 )
+from serve.store import decode_page_token, encode_page_token
 
 logger = logging.getLogger(__name__)
 
@@ -128,18 +127,6 @@ def _count(before: str | None, after: str) -> None:
 
 def _visible(record: OperationRecord, tenant: str | None) -> bool:
     return tenant is None or record.tenant == tenant
-
-
-def _encode_token(record: OperationRecord) -> str:
-    return base64.urlsafe_b64encode(json.dumps([record.created, record.id]).encode()).decode()
-
-
-def _decode_token(token: str) -> tuple[float, str]:
-    try:
-        created, operation_id = json.loads(base64.urlsafe_b64decode(token.encode()))
-        return float(created), check_operation_id(operation_id)
-    except Exception as e:
-        raise InvalidInput(f"`page_token` has to be a token returned by a previous page but is {token!r}.") from e
 
 
 class Operations:
@@ -292,7 +279,7 @@ class Operations:
         """One page of the caller's operations, newest first, and the next page's token ("" on the last)."""
         page_size = page_size or DEFAULT_PAGE_SIZE
         check_range("page_size", page_size, 1, self.engine.limits.max_page_size)
-        after = _decode_token(page_token) if page_token else None
+        after = decode_page_token(page_token, check_operation_id) if page_token else None
         records = {r.id: r for r in self.store.all()}
         with self._lock:
             records.update({i: copy.copy(live.record) for i, live in self._live.items()})
@@ -303,7 +290,7 @@ class Operations:
             # a key, not an offset: records pruned between pages never skip or repeat one
             found = [r for r in found if (-r.created, r.id) > (-after[0], after[1])]
         page = found[:page_size]
-        return page, _encode_token(page[-1]) if len(found) > page_size else ""
+        return page, encode_page_token(page[-1].created, page[-1].id) if len(found) > page_size else ""
 
     def close(self) -> None:
         """Stops the sweeper; operations still unfinished are cancelled and recorded FAILED (shutdown)."""

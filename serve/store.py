@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -136,14 +137,16 @@ def open_blobs(location: str | Path, storage_options: dict[str, Any] | None = No
     return LocalBlobs(str(location).removeprefix("file://"))
 
 
-def _encode_token(created: float, concept_id: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps([created, concept_id]).encode()).decode()
+def encode_page_token(created: float, item_id: str) -> str:
+    """The page token after the item (`created`, `item_id`) of a listing in (created, id) order."""
+    return base64.urlsafe_b64encode(json.dumps([created, item_id]).encode()).decode()
 
 
-def _decode_token(token: str) -> tuple[float, str]:
+def decode_page_token(token: str, check_id: Callable[[str], str] = check_concept_id) -> tuple[float, str]:
+    """(created, id) of `encode_page_token`; `check_id` validates the id (concepts by default)."""
     try:
-        created, concept_id = json.loads(base64.urlsafe_b64decode(token.encode()))
-        return float(created), check_concept_id(concept_id)
+        created, item_id = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return float(created), check_id(item_id)
     except Exception as e:
         raise InvalidInput(f"`page_token` has to be a token returned by a previous page but is {token!r}.") from e
 
@@ -327,7 +330,7 @@ class ConceptStore:
         """One page of records (of `owner` when given), oldest first, and the next page's token ("" on the last)."""
         if page_size < 1:
             raise InvalidInput(f"`page_size` has to be at least 1 but is {page_size}.")
-        after = _decode_token(page_token) if page_token else None
+        after = decode_page_token(page_token) if page_token else None
         self.refresh()
         with self._lock:
             records = sorted(self._index.values(), key=lambda r: (r.created, r.id))
@@ -339,7 +342,7 @@ class ConceptStore:
             # a key, not an offset, so deletions between pages never skip or repeat a concept
             records = [r for r in records if (r.created, r.id) > after]
         page = records[:page_size]
-        token = _encode_token(page[-1].created, page[-1].id) if len(records) > page_size else ""
+        token = encode_page_token(page[-1].created, page[-1].id) if len(records) > page_size else ""
         return page, token
 
     def delete(self, concept_id: str) -> ConceptRecord:

@@ -7,10 +7,8 @@ import json
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import grpc
 import pytest
@@ -24,8 +22,7 @@ from serve.operation_store import HOST, OperationRecord, OperationStore
 from serve.operations import RESTART, SHUTDOWN, OperationOptions, parse_duration
 from serve.server import stop_server
 from serve.store import ConceptStore
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.serve.test_faults import ServerProcess  # `e4t serve` in its own process, for SIGKILL
 
 
 def code_of(call, *args) -> grpc.StatusCode:
@@ -140,19 +137,6 @@ def test_another_tenant_gets_not_found(make_served, png, tmp_path):
     assert [o["id"] for o in acme.list_operations()] == [op["id"]]
     acme.cancel_operation(op["id"])
     assert ended(acme, op["id"])["state"] == "CANCELLED"  # not stopped by globex's attempt before
-
-
-class ServerProcess:
-    """`e4t serve` in its own process, to be killed with SIGKILL."""
-
-    def __init__(self, base: Path, pack: Path, store: Path) -> None:
-        cmd = [sys.executable, "-m", "cli", "serve", "--base", str(base), "--pack", str(pack), "--store", str(store),
-               "--host", "127.0.0.1", "--port", "0", "--log-level", "WARNING"]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        line = self.proc.stdout.readline()
-        assert "e4t server on port" in line, line
-        self.client = E4TClient(f"127.0.0.1:{int(line.split('port')[1].split()[0])}", timeout=120)
-        self.client.wait_ready(60)
 
 
 def test_sigkill_mid_operation_then_restart_on_the_same_store(
