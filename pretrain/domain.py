@@ -176,6 +176,7 @@ def _inputs_fingerprint(base_hash: str, shard_dirs: list[Path], cfg: DomainTrain
         settings["vision"] = {"folder_hash": vision_folder_hash(cfg.vision)}
     else:  # meaningless without a pretrained tower; left out, fingerprints of earlier packs still match
         del settings["freeze_vision"]
+    settings["targets"] = "clean"  # targets jittered like the encoder's input made packs that draw mosaics
     h = hashlib.sha256(json.dumps({"base": base_hash, "cfg": settings, "domain": domain}, sort_keys=True).encode())
     for d in shard_dirs:
         h.update((d / "manifest.json").read_bytes())
@@ -266,7 +267,9 @@ def train_domain(
         batch_size=cfg.batch_size,
         splits=[cfg.split],
         resampled=True,
-        augment=True,
+        # only the encoder's input is jittered, and only when it is not also the diffusion target:
+        # offsets fitted to jittered targets draw mosaics (README, "Domain pretraining")
+        augment=cfg.paired_views,
         seed=cfg.seed,
         world_size=world,
         rank=rank,

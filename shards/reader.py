@@ -229,8 +229,8 @@ def _to_examples(image_size: int, augment: bool, seed: int, rank: int, handler: 
                     )
                 example = {"pixels": _pixels(sample[ext], image_size, augment, rng), "caption": meta["caption"]}
                 target = next((f"target.{e}" for e in IMAGE_EXTS if f"target.{e}" in sample), None)
-                if target is not None:
-                    example["target_pixels"] = _pixels(sample[target], image_size, augment, rng)
+                if target is not None:  # never jittered: it is what the base must draw (see `make_pipeline`)
+                    example["target_pixels"] = _pixels(sample[target], image_size, False, rng)
                 yield {**example, "meta": meta}
             except Exception as exn:  # the handler decides what is fatal
                 if handler(exn):
@@ -285,7 +285,9 @@ def make_pipeline(
     listed. `handler` receives every bad sample's exception; the default is a `CountingHandler`
     (available as `pipe.handler`). `pairs` gives each sample another view of its identity as
     `target_pixels` (its json under meta["target"]): the input of the encoder and the image it
-    must help to denoise differ.
+    must help to denoise differ. `augment` jitters `pixels` only, never `target_pixels`: a
+    diffusion target must come from the base's own distribution, and weight offsets fitted to
+    jittered targets learn the jitter and draw mosaics (README, "Domain pretraining").
 
     Read in-process (`num_workers=0`), `pipe.position.samples` counts the samples the batches
     so far took (rejected ones included); a pipeline built with the same arguments and

@@ -94,3 +94,15 @@ def test_crashed_write_leaves_no_manifest(tmp_path):
     assert not (tmp_path / MANIFEST).exists()
     with pytest.raises(FileNotFoundError, match="manifest"):
         shard_urls(tmp_path)
+
+
+def test_pairs_jitter_the_input_but_never_the_target(faces_dir):
+    """The target view is what the base must draw: jittering it taught the packs' offsets mosaics."""
+    urls = shard_urls(faces_dir)
+    kw = dict(batch_size=6, image_size=24, pairs=True, shuffle=0, seed=3)
+    jittered = next(iter(make_pipeline(urls, augment=True, **kw)))
+    clean = next(iter(make_pipeline(urls, augment=False, **kw)))
+    assert [m["target"]["view"] for m in jittered["meta"]] == [m["target"]["view"] for m in clean["meta"]]
+    assert all(m["target"]["identity"] == m["identity"] and m["target"]["view"] != m["view"] for m in clean["meta"])
+    assert not torch.equal(jittered["pixels"], clean["pixels"])
+    assert torch.equal(jittered["target_pixels"], clean["target_pixels"])
