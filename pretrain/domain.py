@@ -176,7 +176,8 @@ def _inputs_fingerprint(base_hash: str, shard_dirs: list[Path], cfg: DomainTrain
         settings["vision"] = {"folder_hash": vision_folder_hash(cfg.vision)}
     else:  # meaningless without a pretrained tower; left out, fingerprints of earlier packs still match
         del settings["freeze_vision"]
-    settings["targets"] = "clean"  # targets jittered like the encoder's input made packs that draw mosaics
+    if cfg.paired_views:  # paired target views were jittered before they were kept clean
+        settings["targets"] = "clean"
     h = hashlib.sha256(json.dumps({"base": base_hash, "cfg": settings, "domain": domain}, sort_keys=True).encode())
     for d in shard_dirs:
         h.update((d / "manifest.json").read_bytes())
@@ -267,9 +268,10 @@ def train_domain(
         batch_size=cfg.batch_size,
         splits=[cfg.split],
         resampled=True,
-        # only the encoder's input is jittered, and only when it is not also the diffusion target:
-        # offsets fitted to jittered targets draw mosaics (README, "Domain pretraining")
-        augment=cfg.paired_views,
+        # the reader jitters the encoder's input, never a paired target view: offsets fitted to jittered
+        # targets draw mosaics on the described base (README, "Clean targets"). Unpaired runs, whose input
+        # is their target, keep the jitter the shipped packs were measured best with.
+        augment=True,
         seed=cfg.seed,
         world_size=world,
         rank=rank,
