@@ -35,6 +35,22 @@ from shards.reader import make_pipeline, shard_urls  # noqa: E402
 from shards.synth import DOMAINS  # noqa: E402
 
 
+def stream(urls: list[str], batch_size: int, size: int, *, seed: int, jitter: bool):
+    """An endless single-process stream of the pretraining split, jittered by the reader or not."""
+    pipe = make_pipeline(
+        urls,
+        batch_size=batch_size,
+        splits=["pretrain"],
+        resampled=True,
+        augment=jitter,
+        seed=seed,
+        world_size=1,
+        rank=0,
+        image_size=size,
+    )
+    return iter(pipe)
+
+
 def heldout_loss(unet, batches) -> float:
     with torch.no_grad():
         losses = [F.mse_loss(unet(b.noisy, b.timesteps, encoder_hidden_states=s).sample, b.target) for b, s in batches]
@@ -70,7 +86,8 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    base = load_base(args.base or default_paths()[0])
+    base_dir = args.base or default_paths()[0]
+    base = load_base(base_dir)
     class_word = DOMAINS[args.domain].CLASS_WORD
     objective = E4TObjective(base, class_word)
     unet = base.unet.requires_grad_(False)
@@ -80,18 +97,7 @@ def main() -> int:
     prompt = f"a photo of a {class_word} on the beach"
 
     # the held-out set: unjittered pretraining images with their captions, fixed noise and timesteps
-    held = iter(
-        make_pipeline(
-            urls,
-            batch_size=32,
-            splits=["pretrain"],
-            resampled=True,
-            seed=123,
-            world_size=1,
-            rank=0,
-            image_size=base.resolution,
-        )
-    )
+    held = stream(urls, 32, base.resolution, seed=123, jitter=False)
     g = torch.Generator().manual_seed(7)
     batches = []
     for _ in range(4):
@@ -104,7 +110,7 @@ def main() -> int:
     unet.disable_adapters()
     rows = {"base": draw(base, unet, prompt, args.images)}
     results = {
-        "base": str(args.base or default_paths()[0]),
+        "base": str(base_dir),
         "domain": args.domain,
         "steps": args.steps,
         "lr": args.lr,
@@ -120,19 +126,7 @@ def main() -> int:
         for p in params:
             p.requires_grad_(True)
         opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
-        data = iter(
-            make_pipeline(
-                urls,
-                batch_size=args.batch_size,
-                splits=["pretrain"],
-                resampled=True,
-                augment=jitter,
-                seed=0,
-                world_size=1,
-                rank=0,
-                image_size=base.resolution,
-            )
-        )
+        data = stream(urls, args.batch_size, base.resolution, seed=0, jitter=jitter)
         g = torch.Generator().manual_seed(0)
         started = time.time()
         for _ in tqdm(range(args.steps), desc=variant):
