@@ -287,7 +287,7 @@ def make_pipeline(
     `target_pixels` (its json under meta["target"]): the input of the encoder and the image it
     must help to denoise differ. `augment` jitters `pixels` only, never `target_pixels`: a
     diffusion target must come from the base's own distribution, and weight offsets fitted to
-    jittered targets learn the jitter and draw mosaics (README, "Domain pretraining").
+    jittered targets learn the jitter and draw mosaics (README, "Clean targets").
 
     Read in-process (`num_workers=0`), `pipe.position.samples` counts the samples the batches
     so far took (rejected ones included); a pipeline built with the same arguments and
