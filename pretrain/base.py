@@ -13,7 +13,6 @@ rerun with unchanged inputs skips it.
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import time
@@ -46,11 +45,11 @@ from pretrain.arch import (
     save_pipeline,
 )
 from pretrain.arch import train_tokenizer as _train_bpe
+from pretrain.loop import StepCallback, train_loop
+from pretrain.text_tower import stage_text
 from shards.reader import make_loader, make_pipeline, shard_urls
 from shards.synth import DOMAINS, described_caption, training_caption
 from shards.writer import sha256_file
-
-StepCallback = Callable[[str, int], None]
 
 
 @dataclass(frozen=True)
@@ -72,6 +71,12 @@ class BaseTrainConfig:
     unet_snr_gamma: float = 0.0  # min-SNR loss weighting (Hang et al. 2023); 0 turns it off
     unet_ema: bool = True
     unet_ema_max_decay: float = 0.999
+    # Contrastive text pretraining (pretrain/text_tower.py) before the UNet stage, which then reads the
+    # text encoder frozen; 0 steps: no such stage, the text encoder trains jointly with the UNet.
+    text_steps: int = 0
+    text_batch_size: int = 128
+    text_lr: float = 1e-3
+    text_warmup: int = 50
     # a pipeline folder whose UNet and text encoder start the UNet stage instead of random weights
     # (a longer schedule on top of a finished one); it counts by its content, not its path
     init_from: str = ""
@@ -230,7 +235,18 @@ def _train_stages(
     cache_dir = run_stage("3-latents", cache_key, lambda d: _stage_latents(d, data, vae, cfg.torch_device, progress))
     vae = AutoencoderKL.from_pretrained(cache_dir / "vae")
 
-    # 4. UNet and text encoder, jointly, from scratch
+    # 4. the text encoder, pretrained contrastively on the latent cache (when asked for)
+    text_dir, text_key = None, None
+    if cfg.text_steps > 0:
+        text_cfg = cfg.subset("text_", "unet_describe_share", *_TRAIN_KEYS)
+        text_key = ck.config_hash({"stage": "4-text", "tokenizer": tok_key, "latents": cache_key, "cfg": text_cfg})
+        text_dir = run_stage(
+            "4-text",
+            text_key,
+            lambda d: stage_text(d, text_key, cache_dir, tokenizer, arch, cfg, progress, callback),
+        )
+
+    # 4. UNet, from scratch, and the text encoder with it unless the text stage pretrained it
     unet_key = ck.config_hash(
         {
             "stage": 4,
@@ -239,12 +255,13 @@ def _train_stages(
             "arch": arch.to_json(),
             "cfg": cfg.subset("unet_", *_TRAIN_KEYS),
             **({"init_from": folder_hash(cfg.init_from)} if cfg.init_from else {}),
+            **({"text": text_key} if text_key else {}),
         }
     )
     unet_dir = run_stage(
         "4-unet",
         unet_key,
-        lambda d: _stage_unet(d, unet_key, cache_dir, tokenizer, vae, arch, cfg, progress, callback),
+        lambda d: _stage_unet(d, unet_key, cache_dir, text_dir, tokenizer, vae, arch, cfg, progress, callback),
     )
 
     # 5. the shipped folder: a plain StableDiffusionPipeline, then samples.png drawn from it
@@ -359,7 +376,7 @@ def _stage_vae(
         kl = post.kl().mean() / x[0].numel()  # per pixel, so the weight is independent of image size
         return mse + cfg.vae_l1_weight * l1 + cfg.vae_kl_weight * kl, {"mse": mse.item()}
 
-    logs = _train_loop(
+    logs = train_loop(
         "2-vae",
         stage_dir / "ckpt.pt",
         key,
@@ -434,6 +451,7 @@ def _stage_unet(
     stage_dir: Path,
     key: str,
     cache_dir: Path,
+    text_dir: Path | None,
     tokenizer: CLIPTokenizer,
     vae: AutoencoderKL,
     arch: BaseArch,
@@ -457,9 +475,12 @@ def _stage_unet(
         unet, text_encoder = _initial_weights(Path(cfg.init_from), tokenizer, arch)
     else:
         unet, text_encoder = build_unet(arch), build_text_encoder(arch, tokenizer)
+    if text_dir is not None:  # pretrained contrastively: read frozen, as Stable Diffusion reads CLIP's
+        text_encoder = CLIPTextModel.from_pretrained(text_dir / "text_encoder", dtype=torch.float32)
+        text_encoder.requires_grad_(False)
     unet, text_encoder = unet.to(device), text_encoder.to(device)
     vae.to(device)  # previews only
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    params = [p for m in (unet, text_encoder) for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=cfg.weight_decay)
     sched = get_cosine_schedule_with_warmup(opt, cfg.unet_warmup, cfg.unet_steps)
     ema = EMAModel(params, decay=cfg.unet_ema_max_decay, use_ema_warmup=True) if cfg.unet_ema else None
@@ -496,7 +517,7 @@ def _stage_unet(
         if callback is not None:
             callback(stage, step)
 
-    logs = _train_loop(
+    logs = train_loop(
         "4-unet",
         stage_dir / "ckpt.pt",
         key,
@@ -567,79 +588,6 @@ def _preview(
     unet.train(), text_encoder.train()
     if ema is not None:
         ema.restore(params)
-
-
-def _train_loop(
-    stage: str,
-    ckpt: Path,
-    key: str,
-    cfg: BaseTrainConfig,
-    steps: int,
-    models: dict[str, torch.nn.Module],
-    opt: torch.optim.Optimizer,
-    sched: torch.optim.lr_scheduler.LRScheduler,
-    batches: Callable[[int], Iterator[Any]],
-    loss_fn: Callable[[Any], tuple[torch.Tensor, dict[str, float]]],
-    *,
-    ema: EMAModel | None = None,
-    params: list | None = None,
-    progress: bool,
-    callback: StepCallback | None,
-) -> dict[str, Any]:
-    """The one training loop: resume, step, clip, EMA, checkpoint every `cfg.checkpoint_every` steps."""
-    params = params or [p for m in models.values() for p in m.parameters()]
-    start, state = 0, ck.load_checkpoint(ckpt)
-    if state is not None and state.get("key") == key:  # a checkpoint of other inputs/config is stale
-        for name, model in models.items():
-            model.load_state_dict(state["models"][name])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["lr_scheduler"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        ck.restore_rng(state["rng"])
-        start = state["step"]
-    for model in models.values():
-        model.train()
-    stream, smooth, t0 = batches(start), math.nan, time.perf_counter()
-    curve = ckpt.with_name("curve.jsonl")  # the loss curve, appended every 50 steps (README figures)
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc=stage, disable=not progress)
-    for step in bar:
-        loss, logs = loss_fn(next(stream))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{stage}: loss should be finite but is {loss.item()} at step {step}.")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        sched.step()
-        if ema is not None:
-            ema.step(params)
-        smooth = loss.item() if math.isnan(smooth) else 0.98 * smooth + 0.02 * loss.item()
-        logs = {"loss": smooth, **logs}
-        bar.set_postfix(lr=f"{sched.get_last_lr()[0]:.1e}", **{k: f"{v:.4f}" for k, v in logs.items()})
-        done = step + 1
-        if done % 50 == 0 or done == steps:
-            with curve.open("a") as f:
-                f.write(json.dumps({"step": done, "s": round(time.perf_counter() - t0, 1), **logs}) + "\n")
-        if done % cfg.checkpoint_every == 0 and done < steps:
-            ck.save_checkpoint(
-                ckpt,
-                {
-                    "key": key,
-                    "stage": stage,
-                    "step": done,
-                    "config": asdict(cfg),
-                    "models": {n: m.state_dict() for n, m in models.items()},
-                    "optimizer": opt.state_dict(),
-                    "lr_scheduler": sched.state_dict(),
-                    "ema": ema.state_dict() if ema is not None else None,
-                    "rng": ck.capture_rng(),
-                },
-            )
-        if callback is not None:
-            callback(stage, done)
-    seconds = time.perf_counter() - t0
-    return {"resumed_from": start, "final_loss": smooth, "s_per_step": seconds / max(1, steps - start)}
 
 
 def sample_prompts(captions: list[str], metas: list[dict]) -> list[str]:

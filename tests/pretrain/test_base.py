@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
+from transformers import CLIPTextModel
 
 from pretrain.arch import TINY, build_vae
 from pretrain.base import BaseTrainConfig, train_base, whiten_vae
@@ -162,3 +163,18 @@ def test_init_from_continues_an_earlier_base(trained: Path, shard_dir: Path, tmp
     wider = replace(TINY, unet_channels=(16, 32, 64))
     with pytest.raises(ValueError, match="another UNet"):
         train_base([shard_dir], tmp_path / "wider", arch=wider, cfg=cfg, progress=False)
+
+
+def test_contrastive_text_stage_feeds_a_frozen_text_encoder(trained: Path, shard_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "base"
+    shutil.copytree(trained / "work", out / "work")  # stages 1-3 are reused; 4-text is new and 4-unet follows it
+    cfg = replace(TINY_CFG, text_steps=3, text_batch_size=8, unet_describe_share=0.0)
+    seen: list[tuple[str, int]] = []
+    train_base([shard_dir], out, arch=TINY, cfg=cfg, progress=False, callback=lambda s, n: seen.append((s, n)))
+    assert [s for s, _ in seen] == ["4-text"] * 3 + ["4-unet"] * TINY_CFG.unet_steps
+    pretrained = CLIPTextModel.from_pretrained(out / "work" / "4-text" / "text_encoder").state_dict()
+    shipped = StableDiffusionPipeline.from_pretrained(out, local_files_only=True).text_encoder.state_dict()
+    # the UNet stage read the contrastive text encoder and left it as it was
+    assert all(torch.equal(pretrained[k], shipped[k].float()) for k in pretrained)
+    joint = StableDiffusionPipeline.from_pretrained(trained, local_files_only=True).text_encoder.state_dict()
+    assert not all(torch.equal(joint[k].float(), shipped[k].float()) for k in joint)
