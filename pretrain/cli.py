@@ -27,11 +27,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     base.add_argument("--out", required=True, type=Path, metavar="BASE_DIR", help="output pipeline folder")
     base.add_argument(
         "--preset",
-        choices=("tiny", "plain", "described", "described-continue"),
+        choices=("tiny", "plain", "described", "described-cpu", "described-continue"),
         default="plain",
         help="training config and architecture preset; `plain` (what ships): class-word captions, sized for a CPU; "
         "`described`: captions that name identities (batch 512, for a GPU), `described-continue`: its second "
-        "schedule, with --init-from (default: %(default)s)",
+        "schedule, with --init-from; `described-cpu`: the described world on a CPU, with a contrastively "
+        "pretrained text encoder (default: %(default)s)",
     )
     base.add_argument(
         "--init-from",
@@ -43,6 +44,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     base.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when there is one)")
     base.add_argument("--steps", type=int, default=None, metavar="N", help="override the UNet training steps")
     base.add_argument("--vae-steps", type=int, default=None, metavar="N", help="override the VAE training steps")
+    base.add_argument("--batch-size", type=int, default=None, metavar="N", help="override the UNet batch size")
+    base.add_argument(
+        "--text-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="contrastive text-encoder steps before the UNet stage, which then reads it frozen (0: trained jointly)",
+    )
     base.add_argument("--dtype", choices=("float32", "float16"), default=None, help="dtype of the saved weights")
     base.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads (default: all cores)")
     base.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -111,6 +120,8 @@ def _run_base(args: argparse.Namespace) -> int:
     given = {
         "unet_steps": args.steps,
         "vae_steps": args.vae_steps,
+        "unet_batch_size": args.batch_size,
+        "text_steps": args.text_steps,
         "dtype": args.dtype,
         "num_threads": args.threads,
         "device": args.device,
@@ -118,7 +129,7 @@ def _run_base(args: argparse.Namespace) -> int:
     }
     overrides = {k: v for k, v in given.items() if v is not None}
     cfg = BaseTrainConfig.preset(args.preset, **overrides)
-    arch = ARCHS[args.preset.removesuffix("-continue")]
+    arch = ARCHS[args.preset.removesuffix("-continue").removesuffix("-cpu")]
     out = train_base(args.shards, args.out, arch=arch, cfg=cfg, progress=not args.no_progress)
     info = json.loads((out / "embedded.json").read_text())
     print(f"base written to {out} (stage seconds: {info.get('timings')}); samples: {out / 'samples.png'}")
