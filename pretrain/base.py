@@ -7,7 +7,8 @@ Launch (one process, CPU; the embedded base is small enough that one machine suf
 The recipe is a list of stages. Each one writes into `OUT/work/<stage>/`, checkpoints while
 it trains (rerunning after a kill resumes from the last checkpoint), and stamps itself
 (`stage.json`) with a hash of its inputs (shard manifests, earlier stages) and config, so a
-rerun with unchanged inputs skips it.
+rerun with unchanged inputs skips it: 1-tokenizer, 2-vae, 3-latents, 4-text (only with
+`text_steps`: the text encoder pretrained contrastively, then read frozen), 4-unet, 5-save.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ PRESETS: dict[str, BaseTrainConfig] = {
     ),
 }
 # The described world on 2 CPU cores: the text encoder pretrained contrastively first (14 min), then
-# the UNet alone on it at batch 32 (README, "A text encoder that reads identities").
+# the UNet alone on it at batch 32 (README, "The described world, measured").
 PRESETS["described-cpu"] = replace(
     PRESETS["described"],
     unet_steps=5000,
@@ -245,7 +246,7 @@ def _train_stages(
     cache_dir = run_stage("3-latents", cache_key, lambda d: _stage_latents(d, data, vae, cfg.torch_device, progress))
     vae = AutoencoderKL.from_pretrained(cache_dir / "vae")
 
-    # 4. the text encoder, pretrained contrastively on the latent cache (when asked for)
+    # 4a. the text encoder, pretrained contrastively on the latent cache (when asked for)
     text_dir, text_key = None, None
     if cfg.text_steps > 0:
         text_cfg = cfg.subset("text_", "unet_describe_share", *_TRAIN_KEYS)
@@ -256,7 +257,7 @@ def _train_stages(
             lambda d: stage_text(d, text_key, cache_dir, tokenizer, arch, cfg, progress, callback),
         )
 
-    # 4. UNet, from scratch, and the text encoder with it unless the text stage pretrained it
+    # 4b. UNet, from scratch, and the text encoder with it unless the text stage pretrained it
     unet_key = ck.config_hash(
         {
             "stage": 4,
