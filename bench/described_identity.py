@@ -14,7 +14,8 @@ For each base and domain, on held-out subjects:
     python bench/described_identity.py --base runs/world2/base --base runs/world4/base \
         --judges runs/world2/artifacts/judges --out docs/bench/described_identity
 
-Writes OUT/results.json and OUT/described_identity.png (per domain: real views, then each base's images).
+Writes OUT/results.json and OUT/described_identity.png (per domain and base: each subject rendered as
+described, then the base's images).
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from e4t import load_base  # noqa: E402
-from e4t.images import to_pil, to_tensor  # noqa: E402
+from e4t.images import to_tensor  # noqa: E402
 from e4t.judges import load_judges  # noqa: E402
+from evaluation.protocol import INPUT_NUISANCE  # noqa: E402
 from evaluation.references import class_word_images  # noqa: E402
 from shards.reader import make_pipeline, shard_urls  # noqa: E402
 from shards.synth import DOMAINS, described_caption  # noqa: E402
@@ -169,7 +171,7 @@ def measure(base, judge, probe, domain: str, held: tuple[torch.Tensor, list[dict
             "mean_attribute_accuracy": round(sum(accuracy.values()) / len(accuracy), 3),
             "id_sim": round(sum(sims) / len(sims), 4),
         },
-        [pixels[views[i][0]] for i in chosen],
+        [DOMAINS[domain].render(a, CONTEXT, INPUT_NUISANCE) for a in attributes],
         pictures,
     )
 
@@ -216,7 +218,7 @@ def probe_accuracy(probe: AttributeProbe, pixels: torch.Tensor, metas: list[dict
 
 
 def draw(figure: list, path: Path) -> None:
-    """One block per (domain, base): a row of real views over the base's pictures of the same subjects."""
+    """One block per (domain, base): each subject as described (a render in CONTEXT) over the base's pictures."""
     cell, label = 64, 16
     cols = max(len(real) for _, real, _ in figure)
     rows_per = 1 + max(len(p[0]) for _, _, p in figure)
@@ -227,7 +229,7 @@ def draw(figure: list, path: Path) -> None:
         draw_.text((2, y + 2), title, fill="black")
         y += label
         for c, view in enumerate(real):
-            canvas.paste(to_pil(view[None])[0], (c * cell, y))
+            canvas.paste(view.resize((cell, cell)), (c * cell, y))
             for r, im in enumerate(pictures[c]):
                 canvas.paste(im.resize((cell, cell)), (c * cell, y + (r + 1) * cell))
         y += rows_per * cell
