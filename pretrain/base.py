@@ -29,7 +29,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNe
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from PIL import Image, ImageDraw
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -46,6 +46,7 @@ from pretrain.arch import (
     save_pipeline,
 )
 from pretrain.arch import train_tokenizer as _train_bpe
+from pretrain.latent_cache import LatentCache
 from pretrain.loop import StepCallback, train_loop
 from pretrain.text_tower import stage_text
 from shards.reader import make_loader, make_pipeline, shard_urls
@@ -472,9 +473,8 @@ def _stage_unet(
 ) -> dict[str, Any]:
     ck.seed_everything(cfg.seed)
     device = cfg.torch_device
-    cache = load_file(cache_dir / "latents.safetensors", device=str(device))
-    mean, std, scale = cache["mean"], cache["std"], vae.config.scaling_factor
-    metas = json.loads((cache_dir / "metas.json").read_text())
+    cache = LatentCache.read(cache_dir, device)
+    metas, scale = cache.metas, vae.config.scaling_factor
 
     def tokenize(texts: list[str]) -> torch.Tensor:
         return tokenizer(
@@ -513,7 +513,7 @@ def _stage_unet(
 
     def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         idx, tokens = batch
-        latents = (mean[idx] + std[idx] * torch.randn_like(mean[idx])) * scale
+        latents = cache.sample(idx) * scale
         noise = torch.randn_like(latents)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), device=device)
         cond = text_encoder(tokens)[0]

@@ -14,7 +14,6 @@ the text tower, frozen, as Stable Diffusion reads CLIP's.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, CLIPVisionConfig, get_cosine_schedule_with_warmup
 
 from pretrain import checkpoint as ck
 from pretrain.arch import BaseArch, build_text_encoder
+from pretrain.latent_cache import LatentCache
 from pretrain.loop import StepCallback, train_loop
 from shards.synth import training_caption
 
@@ -81,9 +80,8 @@ def stage_text(
     """Train the CLIP pair on the latent cache; save its text tower as `stage_dir/text_encoder`."""
     ck.seed_everything(cfg.seed)
     device = cfg.torch_device
-    cache = load_file(cache_dir / "latents.safetensors", device=str(device))
-    mean, std = cache["mean"], cache["std"]
-    metas = json.loads((cache_dir / "metas.json").read_text())
+    cache = LatentCache.read(cache_dir, device)
+    metas = cache.metas
     model = build_clip(arch, tokenizer).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.text_lr, weight_decay=cfg.weight_decay)
     sched = get_cosine_schedule_with_warmup(opt, cfg.text_warmup, cfg.text_steps)
@@ -97,8 +95,7 @@ def stage_text(
             tokens = tokenizer(
                 captions, padding="max_length", max_length=arch.max_tokens, truncation=True, return_tensors="pt"
             ).input_ids.to(device)
-            idx = idx.to(device)
-            yield tokens, mean[idx] + std[idx] * torch.randn_like(mean[idx]), captions
+            yield tokens, cache.sample(idx.to(device)), captions
 
     logs = train_loop(
         "4-text",
