@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -50,7 +49,7 @@ from pretrain.latent_cache import LatentCache
 from pretrain.loop import StepCallback, train_loop
 from pretrain.text_tower import stage_text
 from shards.reader import make_loader, make_pipeline, shard_urls
-from shards.synth import DOMAINS, described_caption, training_caption
+from shards.synth import DOMAINS, described_caption
 from shards.writer import sha256_file
 
 
@@ -474,7 +473,7 @@ def _stage_unet(
     ck.seed_everything(cfg.seed)
     device = cfg.torch_device
     cache = LatentCache.read(cache_dir, device)
-    metas, scale = cache.metas, vae.config.scaling_factor
+    scale = vae.config.scaling_factor
 
     def tokenize(texts: list[str]) -> torch.Tensor:
         return tokenizer(
@@ -503,13 +502,10 @@ def _stage_unet(
     weight = weight.to(device)
 
     def batches(start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + start)  # a resumed run draws fresh batches
-        rng = random.Random(cfg.seed * 1_000_003 + start)
-        while True:
-            idx = torch.randint(len(metas), (cfg.unet_batch_size,), generator=g)
-            tokens = tokenize([training_caption(metas[i], rng, cfg.unet_describe_share) for i in idx.tolist()])
+        seed = cfg.seed * 1_000_003 + start
+        for idx, captions, g in cache.caption_batches(cfg.unet_batch_size, cfg.unet_describe_share, seed):
             drop = (torch.rand(len(idx), generator=g) < cfg.unet_caption_dropout).to(device)
-            yield idx.to(device), torch.where(drop[:, None], empty, tokens)
+            yield idx.to(device), torch.where(drop[:, None], empty, tokenize(captions))
 
     def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         idx, tokens = batch

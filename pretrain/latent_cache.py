@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+
+from shards.synth import training_caption
 
 
 @dataclass(frozen=True)
@@ -24,3 +28,17 @@ class LatentCache:
     def sample(self, idx: torch.Tensor) -> torch.Tensor:
         """z = mean + std * eps for the samples `idx`: a fresh draw from each one's posterior."""
         return self.mean[idx] + self.std[idx] * torch.randn_like(self.mean[idx])
+
+    def caption_batches(
+        self, batch_size: int, describe_share: float, seed: int
+    ) -> Iterator[tuple[torch.Tensor, list[str], torch.Generator]]:
+        """Endless (sample indices, training captions, generator) batches drawn from `seed`.
+
+        The generator drew the indices; the caller draws anything further per batch (caption
+        dropout) from it, so one seed fixes the whole stream and a resumed run, seeded with its
+        start step, draws fresh batches.
+        """
+        g, rng = torch.Generator().manual_seed(seed), random.Random(seed)
+        while True:
+            idx = torch.randint(len(self.metas), (batch_size,), generator=g)
+            yield idx, [training_caption(self.metas[i], rng, describe_share) for i in idx.tolist()], g

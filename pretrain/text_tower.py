@@ -14,7 +14,6 @@ the text tower, frozen, as Stable Diffusion reads CLIP's.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +26,6 @@ from pretrain import checkpoint as ck
 from pretrain.arch import BaseArch, build_text_encoder
 from pretrain.latent_cache import LatentCache
 from pretrain.loop import StepCallback, train_loop
-from shards.synth import training_caption
 
 if TYPE_CHECKING:
     from pretrain.base import BaseTrainConfig
@@ -81,17 +79,13 @@ def stage_text(
     ck.seed_everything(cfg.seed)
     device = cfg.torch_device
     cache = LatentCache.read(cache_dir, device)
-    metas = cache.metas
     model = build_clip(arch, tokenizer).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.text_lr, weight_decay=cfg.weight_decay)
     sched = get_cosine_schedule_with_warmup(opt, cfg.text_warmup, cfg.text_steps)
 
     def batches(start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + start)  # a resumed run draws fresh batches
-        rng = random.Random(cfg.seed * 1_000_003 + start)
-        while True:
-            idx = torch.randint(len(metas), (cfg.text_batch_size,), generator=g)
-            captions = [training_caption(metas[i], rng, cfg.unet_describe_share) for i in idx.tolist()]
+        seed = cfg.seed * 1_000_003 + start
+        for idx, captions, _ in cache.caption_batches(cfg.text_batch_size, cfg.unet_describe_share, seed):
             tokens = tokenizer(
                 captions, padding="max_length", max_length=arch.max_tokens, truncation=True, return_tensors="pt"
             ).input_ids.to(device)
