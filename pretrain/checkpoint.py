@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
@@ -167,3 +169,47 @@ def write_stamp(stage_dir: str | Path, key: str, info: dict[str, Any]) -> None:
 
 def clear_stamp(stage_dir: str | Path) -> None:
     (Path(stage_dir) / "stage.json").unlink(missing_ok=True)
+
+
+# A stage store is a committed folder of finished stages (`<store>/<stage>/`), so that a build
+# interrupted on one machine resumes on a fresh clone from its last finished stage. Weights are kept
+# in half precision there (small, as committed artifacts are) and widened again when fetched.
+
+
+def store_stage(stage_dir: str | Path, store: str | Path) -> Path:
+    """Copy a finished stage into `store`: without checkpoints, float weights halved, the stamp last."""
+    stage_dir, dst = Path(stage_dir), Path(store) / Path(stage_dir).name
+    if read_stamp(stage_dir) is None:
+        raise ValueError(f"{stage_dir} is not a finished stage (no stage.json)")
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(stage_dir, tmp, ignore=shutil.ignore_patterns("*.pt", "stage.json", ".*"))
+    _cast_safetensors(tmp, torch.float32, torch.float16)
+    shutil.copy2(stage_dir / "stage.json", tmp / "stage.json")
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+    return dst
+
+
+def fetch_stage(store: str | Path, stage_dir: str | Path, key: str) -> bool:
+    """Copy the stage finished with `key` from `store` into `stage_dir`; False when the store has none."""
+    stage_dir = Path(stage_dir)
+    src = Path(store) / stage_dir.name
+    if not stage_done(src, key):
+        return False
+    tmp = stage_dir.with_name(stage_dir.name + ".fetch")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("stage.json"))
+    _cast_safetensors(tmp, torch.float16, torch.float32)
+    shutil.copy2(src / "stage.json", tmp / "stage.json")
+    shutil.rmtree(stage_dir, ignore_errors=True)
+    tmp.rename(stage_dir)
+    return True
+
+
+def _cast_safetensors(folder: Path, src: torch.dtype, dst: torch.dtype) -> None:
+    for path in folder.rglob("*.safetensors"):
+        with safe_open(path, "pt") as f:
+            metadata = f.metadata()
+        tensors = {k: v.to(dst) if v.dtype == src else v for k, v in load_file(path).items()}
+        save_file(tensors, path, metadata=metadata)

@@ -69,6 +69,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
         "--work", type=Path, default=None, help="shards, checkpoints and caches (default: runs/embedded)"
     )
     embedded.add_argument("--num-procs", type=int, default=2, help="processes for domain pretraining")
+    embedded.add_argument(
+        "--world",
+        choices=("plain", "described"),
+        default="plain",
+        help="`plain`: the shipped world, into artifacts/; `described`: captions that name identities, into "
+        "artifacts/described/, each finished base stage committed under artifacts/described/stages/ "
+        "(default: %(default)s)",
+    )
     embedded.set_defaults(func=_run_embedded)
 
     judges = sub.add_parser("judges", help="train the identity and context judges of the synthetic world")
@@ -105,10 +113,10 @@ def _run_domain(args: argparse.Namespace) -> int:
 
 
 def _run_embedded(args: argparse.Namespace) -> int:
-    from pretrain.embedded import build_embedded
+    from pretrain.embedded import WORLDS, build_embedded
 
     kwargs = {"work": args.work} if args.work is not None else {}
-    build_embedded(num_procs=args.num_procs, **kwargs)
+    build_embedded(num_procs=args.num_procs, world=WORLDS[args.world], **kwargs)
     return 0
 
 

@@ -1,9 +1,12 @@
 """Rebuild every embedded artifact from nothing: shards, base, domain packs, judges.
 
-    e4t pretrain embedded [--work runs/embedded] [--num-procs 2]
+    e4t pretrain embedded [--world plain|described] [--work runs/embedded] [--num-procs 2]
 
 Each stage skips itself when its inputs and settings are unchanged, and resumes from its
 checkpoints after an interruption; the finished artifacts land in `artifacts/` (committed).
+The described world (README, "The described world, measured") lands in `artifacts/described/`
+and keeps each finished base stage in `artifacts/described/stages/`, so that a build cut off on
+one machine goes on from its last finished stage on a fresh clone.
 """
 
 from __future__ import annotations
@@ -13,10 +16,38 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from e4t.embedded import artifacts_root
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class World:
+    """Which base and packs a build makes, and where they land (under `artifacts_root()`)."""
+
+    name: str
+    preset: str  # pretrain.base.PRESETS, and pretrain.arch.ARCHS without its -cpu suffix
+    base_overrides: tuple[tuple[str, Any], ...] = ()  # BaseTrainConfig fields that differ from the preset
+    subdir: str = ""  # "" for the shipped world, which is `artifacts/` itself
+    paired_views: bool = False  # packs pretrained on another view of the identity as the target
+    keep_stages: bool = False  # a committed stage store under `<subdir>/stages`
+    judges: bool = True  # the judges are trained on renders alone; one set serves every world
+
+
+WORLDS = {
+    "plain": World("plain", "plain", (("unet_steps", 5000),)),
+    "described": World(
+        "described",
+        "described-cpu",
+        (("dtype", "float16"),),
+        subdir="described",
+        paired_views=True,
+        keep_stages=True,
+        judges=False,
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -25,7 +56,6 @@ class EmbeddedRecipe:
     views: int = 4
     size: int = 64
     seed: int = 0
-    base_unet_steps: int = 5000
     domain_steps: int = 1200
     domain_batch_size: int = 8
 
@@ -75,16 +105,20 @@ def _export_base(trained: Path, target: Path) -> None:
 
 
 def build_embedded(
-    work: Path = ROOT / "runs" / "embedded", *, num_procs: int = 2, recipe: EmbeddedRecipe = EmbeddedRecipe()
+    work: Path = ROOT / "runs" / "embedded",
+    *,
+    num_procs: int = 2,
+    recipe: EmbeddedRecipe = EmbeddedRecipe(),
+    world: World = WORLDS["plain"],
 ) -> dict:
     import argparse
 
-    from pretrain.arch import PLAIN
+    from pretrain.arch import ARCHS
     from pretrain.base import BaseTrainConfig, train_base
     from pretrain.domain import launch
     from shards.synth import DOMAINS
 
-    artifacts = artifacts_root()
+    artifacts = artifacts_root() / world.subdir
     timings: dict[str, float] = {}
 
     # 1. shards of every synthetic domain
@@ -96,9 +130,10 @@ def build_embedded(
     t = time.time()
     trained = train_base(
         list(shard_dirs.values()),
-        work / "base",
-        arch=PLAIN,
-        cfg=BaseTrainConfig.preset("plain", unet_steps=recipe.base_unet_steps, sample_every=1000),
+        work / world.subdir / "base",
+        arch=ARCHS[world.preset.removesuffix("-cpu")],
+        cfg=BaseTrainConfig.preset(world.preset, sample_every=1000, **dict(world.base_overrides)),
+        store=artifacts / "stages" if world.keep_stages else None,
     )
     _export_base(trained, artifacts / "base")
     timings["base_s"] = round(time.time() - t, 1)
@@ -117,7 +152,8 @@ def build_embedded(
             batch_size=recipe.domain_batch_size,
             checkpoint_every=None,
             num_procs=num_procs,
-            work=str(work / "packs" / f"{domain}.work"),
+            work=str(work / world.subdir / "packs" / f"{domain}.work"),
+            paired_views=world.paired_views,
             restart_stale=True,  # the recipe owns its work folders: a new base makes their checkpoints stale
         )
         (artifacts / "packs").mkdir(parents=True, exist_ok=True)
@@ -130,7 +166,7 @@ def build_embedded(
         from pretrain.judges import train_judges
     except ImportError:
         train_judges = None
-    if train_judges is not None:
+    if train_judges is not None and world.judges:
         t = time.time()
         train_judges(artifacts / "judges", base_dir=artifacts / "base")
         timings["judges_s"] = round(time.time() - t, 1)

@@ -116,6 +116,49 @@ def test_killed_unet_stage_resumes_from_its_last_checkpoint(trained: Path, shard
     StableDiffusionPipeline.from_pretrained(out, local_files_only=True)
 
 
+def test_stage_store_carries_finished_stages_to_a_fresh_folder(shard_dir: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    store = tmp_path / "stages"
+    first = train_base([shard_dir], tmp_path / "a", arch=TINY, cfg=TINY_CFG, progress=False, store=store)
+    # kept: the trained stages, half precision, without checkpoints; not the latent cache or the export
+    assert sorted(p.name for p in store.iterdir()) == ["1-tokenizer", "2-vae", "4-unet"]
+    assert not list(store.rglob("*.pt"))
+    stored_vae = load_file(store / "2-vae" / "model" / "diffusion_pytorch_model.safetensors")
+    assert {t.dtype for t in stored_vae.values()} == {torch.float16}
+
+    def no_training(stage: str, step: int) -> None:
+        raise AssertionError(f"{stage} trained step {step} although the store holds it")
+
+    # a fresh folder (another machine's clone) trains nothing the store has
+    second = train_base(
+        [shard_dir], tmp_path / "b", arch=TINY, cfg=TINY_CFG, progress=False, store=store, callback=no_training
+    )
+    vae = load_file(second / "work" / "2-vae" / "model" / "diffusion_pytorch_model.safetensors")
+    assert all(vae[k].dtype == torch.float32 and torch.equal(vae[k], stored_vae[k].float()) for k in vae)
+    first_vae = load_file(first / "work" / "2-vae" / "model" / "diffusion_pytorch_model.safetensors")
+    assert any(not torch.equal(first_vae[k], vae[k]) for k in vae), "the store should hold half precision"
+    StableDiffusionPipeline.from_pretrained(second, local_files_only=True)
+
+    # a stage trained with other settings is not taken from the store; it trains, then replaces it there
+    seen: list[tuple[str, int]] = []
+    cfg = replace(TINY_CFG, vae_steps=4)
+    train_base(
+        [shard_dir],
+        tmp_path / "c",
+        arch=TINY,
+        cfg=cfg,
+        progress=False,
+        store=store,
+        callback=lambda s, n: seen.append((s, n)),
+    )
+    assert ("2-vae", 4) in seen and ("1-tokenizer", 1) not in seen
+    assert (
+        json.loads((store / "2-vae" / "stage.json").read_text())["key"]
+        == json.loads((tmp_path / "c" / "work" / "2-vae" / "stage.json").read_text())["key"]
+    )
+
+
 def test_checkpoint_roundtrip_restores_rng(tmp_path: Path) -> None:
     assert load_checkpoint(tmp_path / "missing.pt") is None
     state = {"step": 7, "rng": capture_rng(), "w": torch.arange(3)}
