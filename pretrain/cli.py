@@ -69,9 +69,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
         "--work", type=Path, default=None, help="shards, checkpoints and caches (default: runs/embedded)"
     )
     embedded.add_argument("--num-procs", type=int, default=2, help="processes for domain pretraining")
+    from pretrain.embedded import WORLDS
+
     embedded.add_argument(
         "--world",
-        choices=("plain", "described"),
+        choices=sorted(WORLDS),
         default="plain",
         help="`plain`: the shipped world, into artifacts/; `described`: captions that name identities, into "
         "artifacts/described/, each finished base stage committed under artifacts/described/stages/ "
