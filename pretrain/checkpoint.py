@@ -178,33 +178,32 @@ def clear_stamp(stage_dir: str | Path) -> None:
 
 def store_stage(stage_dir: str | Path, store: str | Path) -> Path:
     """Copy a finished stage into `store`: without checkpoints, float weights halved, the stamp last."""
-    stage_dir, dst = Path(stage_dir), Path(store) / Path(stage_dir).name
+    stage_dir = Path(stage_dir)
     if read_stamp(stage_dir) is None:
         raise ValueError(f"{stage_dir} is not a finished stage (no stage.json)")
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(stage_dir, tmp, ignore=shutil.ignore_patterns("*.pt", "stage.json", ".*"))
-    _cast_safetensors(tmp, torch.float32, torch.float16)
-    shutil.copy2(stage_dir / "stage.json", tmp / "stage.json")
-    shutil.rmtree(dst, ignore_errors=True)
-    tmp.rename(dst)
+    dst = Path(store) / stage_dir.name
+    _copy_stage(stage_dir, dst, torch.float32, torch.float16, ignore=("*.pt", ".*"))
     return dst
 
 
 def fetch_stage(store: str | Path, stage_dir: str | Path, key: str) -> bool:
     """Copy the stage finished with `key` from `store` into `stage_dir`; False when the store has none."""
-    stage_dir = Path(stage_dir)
-    src = Path(store) / stage_dir.name
+    src = Path(store) / Path(stage_dir).name
     if not stage_done(src, key):
         return False
-    tmp = stage_dir.with_name(stage_dir.name + ".fetch")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("stage.json"))
-    _cast_safetensors(tmp, torch.float16, torch.float32)
-    shutil.copy2(src / "stage.json", tmp / "stage.json")
-    shutil.rmtree(stage_dir, ignore_errors=True)
-    tmp.rename(stage_dir)
+    _copy_stage(src, Path(stage_dir), torch.float16, torch.float32)
     return True
+
+
+def _copy_stage(src: Path, dst: Path, cast_from: torch.dtype, cast_to: torch.dtype, ignore: tuple = ()) -> None:
+    """Replace `dst` by a copy of the stage `src` with its `cast_from` weights cast; the stamp is copied last."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("stage.json", *ignore))
+    _cast_safetensors(tmp, cast_from, cast_to)
+    shutil.copy2(src / "stage.json", tmp / "stage.json")
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
 
 
 def _cast_safetensors(folder: Path, src: torch.dtype, dst: torch.dtype) -> None:
