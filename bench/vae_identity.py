@@ -25,17 +25,11 @@ import torch  # noqa: E402
 from diffusers import AutoencoderKL  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from e4t.images import to_pil, to_tensor  # noqa: E402
 from e4t.judges import load_judges  # noqa: E402
 from evaluation import metrics, protocol  # noqa: E402
+from evaluation.references import vae_roundtrip  # noqa: E402
 
 SIZE, CELL = 64, 96
-
-
-@torch.no_grad()
-def roundtrip(vae: AutoencoderKL, images: list[Image.Image]) -> list[Image.Image]:
-    x = torch.cat([to_tensor(im, SIZE) for im in images])
-    return to_pil(vae.decode(vae.encode(x).latent_dist.mode()).sample)
 
 
 def measure(vae: AutoencoderKL, judge, domain: str, subjects: int, images: int) -> tuple[dict, list, list]:
@@ -44,7 +38,7 @@ def measure(vae: AutoencoderKL, judge, domain: str, subjects: int, images: int) 
         ref = judge.embed(protocol.reference_images(s, 4, SIZE))
         for p in protocol.prompts(domain):
             truth = protocol.truth_images(s, p, images, SIZE)
-            back = roundtrip(vae, truth)
+            back = vae_roundtrip(vae, truth, SIZE)
             real.append((judge.embed(truth), ref))
             rec.append((judge.embed(back), ref))
             if len(shown[0]) < 8:

@@ -219,7 +219,7 @@ def run_domain(
         for i, (s, d) in enumerate(zip(subjects, distractors, strict=True)):
             same.groups[i, p.index] = protocol.truth_images(s, p, n, size)
             different.groups[i, p.index] = protocol.truth_images(d, p, n, size)
-            vae.groups[i, p.index] = vae_roundtrip(base, same.groups[i, p.index])
+            vae.groups[i, p.index] = vae_roundtrip(base.vae, same.groups[i, p.index], base.resolution)
             word.groups[i, p.index] = images
             if described is not None:
                 described.groups[i, p.index] = class_word_images(base, descriptions[i, p.index], n, seed=seed, **words)

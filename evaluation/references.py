@@ -12,6 +12,7 @@ base_described_identity  the base prompted with the subject's full attribute des
 from __future__ import annotations
 
 import torch
+from diffusers import AutoencoderKL
 from PIL import Image
 
 from e4t import generate
@@ -27,11 +28,11 @@ REFERENCE_ROWS: tuple[str, ...] = (REAL_SAME, REAL_DIFFERENT, VAE, CLASS_WORD, D
 
 
 @torch.no_grad()
-def vae_roundtrip(base: Base, images: list[Image.Image]) -> list[Image.Image]:
-    """Encode and decode with the base's VAE; the latent mean (not a sample), so the round trip is deterministic."""
-    pixels = torch.cat([to_tensor(im, base.resolution) for im in images]).to(base.device, base.vae.dtype)
-    latents = base.vae.encode(pixels).latent_dist.mode()
-    return to_pil(base.vae.decode(latents).sample.float())
+def vae_roundtrip(vae: AutoencoderKL, images: list[Image.Image], resolution: int) -> list[Image.Image]:
+    """Encode and decode with `vae`; the latent mean (not a sample), so the round trip is deterministic."""
+    pixels = torch.cat([to_tensor(im, resolution) for im in images]).to(vae.device, vae.dtype)
+    latents = vae.encode(pixels).latent_dist.mode()
+    return to_pil(vae.decode(latents).sample.float())
 
 
 def class_word_images(
