@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -656,7 +657,10 @@ def sample_grid(
     """A labelled grid: one row per prompt, `per_prompt` seeds per row, DDIM with classifier-free guidance."""
     pipe.set_progress_bar_config(disable=True)
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    label_w = 6 * max(len(p) for p in prompts) + 8
+    # long descriptions wrap, so the pictures, not the captions, take the width
+    labels = ["\n".join(textwrap.wrap(p, 44)) for p in prompts]
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = max(int(measure.multiline_textbbox((0, 0), label)[2]) for label in labels) + 8
     grid = Image.new("RGB", (label_w + per_prompt * size, len(prompts) * size), "white")
     draw = ImageDraw.Draw(grid)
     for row, prompt in enumerate(tqdm(prompts, desc="samples", disable=not progress)):
@@ -668,7 +672,7 @@ def sample_grid(
             width=size,
             generator=torch.Generator().manual_seed(seed + row),
         ).images
-        draw.text((4, row * size + size // 2 - 5), prompt, fill="black")
+        draw.multiline_text((4, row * size + size // 2), labels[row], fill="black", anchor="lm")
         for col, image in enumerate(images):
             grid.paste(image, (label_w + col * size, row * size))
     grid.save(path)
