@@ -5,6 +5,7 @@
     python bench/fidelity_vs_time.py --out out/ts --methods two_stage,dreambooth --ts-steps 50,100,200
     python bench/fidelity_vs_time.py --out out/bas --methods e4t,dreambooth,break_a_scene --bas-steps 100,300
     python bench/fidelity_vs_time.py --out out/all --merge out/faces out/cats   # runs of one domain each, joined
+    E4T_ARTIFACTS=artifacts/described python bench/fidelity_vs_time.py --out out/d --judges artifacts/judges
 
 For each held-out subject of each domain, E4T runs once per step count (it takes seconds), and
 Textual Inversion and DreamBooth run ONCE each up to their largest step count, with a concept
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=2, help="images per prompt")
     p.add_argument("--denoise-steps", type=int, default=25)
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--judges", type=Path, default=None, metavar="DIR", help="judges folder (default: artifacts/judges)")
     return p
 
 
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     base = load_base(base_dir)
     packs = {p.domain: p for p in (load_pack(path, base) for path in pack_paths)}
     domains = args.domains.split(",") if args.domains else sorted(packs, key=lambda d: (d != "faces", d))
-    scorer = Scorer(load_judges(artifacts_root() / "judges"))
+    scorer = Scorer(load_judges(args.judges or artifacts_root() / "judges"))
     budgets = {
         "e4t": args.e4t_steps,
         "textual_inversion": args.ti_steps,
