@@ -1,6 +1,7 @@
 """The committed embedded artifacts load, and what they recorded matches the code that reads them."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -40,20 +41,20 @@ def test_every_synthetic_domain_has_a_pack_for_this_base(base):
         assert pack.step == pack.training["config"]["steps"]
 
 
-
 def test_the_described_world_is_committed_whole():
     """`artifacts/described` (`e4t pretrain embedded --world described`): its base and packs belong together."""
     from e4t import load_base, load_pack
     from pretrain.arch import DESCRIBED, BaseArch
     from shards.synth import DOMAINS
 
-    root = ROOT / "described"
+    root = Path(__file__).resolve().parent.parent / "artifacts" / "described"  # committed, whatever E4T_ARTIFACTS says
     recorded = json.loads((root / "base" / "embedded.json").read_text())
     assert BaseArch.from_json(recorded["arch"]) == DESCRIBED
     base = load_base(root / "base")
     packs = [load_pack(root / "packs" / f"{domain}.safetensors", base) for domain in DOMAINS]
     assert all(pack.base_hash == base.hash for pack in packs)
     assert all(pack.training["config"]["paired_views"] for pack in packs)
+
 
 def test_judges_were_trained_on_the_current_world():
     from e4t.judges import load_judges
