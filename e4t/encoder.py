@@ -20,6 +20,7 @@ from e4t.vision import architecture, build_tower, load_vision_folder
 
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+PRETRAINED_RESAMPLE = "bicubic"  # how CLIP's own preprocessing resizes; used for every pretrained tower
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class EncoderConfig:
     scale: float = 0.1  # offset scale of the community implementation
     vision_hash: str = ""  # `e4t.vision.vision_folder_hash` of the pretrained folder the tower comes from
     freeze_vision: bool = False  # only for a pretrained folder: frozen, it is referred to rather than stored
-    resample: str = "bilinear"  # "bicubic" for pretrained towers, as CLIP's own preprocessing resizes
+    resample: str = "bilinear"  # PRETRAINED_RESAMPLE for pretrained towers
 
     def __post_init__(self) -> None:
         if self.freeze_vision and not isinstance(self.vision, str):
@@ -96,8 +97,6 @@ class E4TEncoder(nn.Module):
             nn.GELU(),
             nn.Linear(config.hidden, config.embed_dim),
         )
-        self.register_buffer("mean", torch.tensor(_CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(_CLIP_STD).view(1, 3, 1, 1), persistent=False)
 
     @property
     def refers_to_folder(self) -> bool:
@@ -125,10 +124,7 @@ class E4TEncoder(nn.Module):
 
     def forward(self, pixels: torch.Tensor, unet_features: list[torch.Tensor]) -> torch.Tensor:
         """pixels: [B, 3, H, W] in [-1, 1]; unet_features: from `unet_features`. Returns the scaled offset [B, D]."""
-        # the tower's own input size and CLIP's normalisation (square images: resizing equals CLIP's resize + crop)
-        size = self.vision.config.image_size
-        x = F.interpolate(pixels, size=(size, size), mode=self.config.resample, align_corners=False, antialias=True)
-        x = ((x + 1) / 2 - self.mean) / self.std
+        x = clip_pixels(pixels, self.vision.config.image_size, self.config.resample)
         if self.config.freeze_vision:
             with torch.no_grad():  # no activations kept for a tower that does not train
                 pooled = self.vision(pixel_values=x).pooler_output
@@ -142,6 +138,17 @@ class E4TEncoder(nn.Module):
         u = torch.stack([proj(f.contiguous()).mean(dim=(2, 3)) for proj, f in zip(self.unet_proj, unet_features)])
         u = u.mean(0)
         return self.config.scale * self.fuse(torch.cat([v, u], dim=-1))
+
+
+def clip_pixels(pixels: torch.Tensor, size: int, resample: str) -> torch.Tensor:
+    """[-1, 1] pixels as a CLIP vision tower reads them: resized to its input size, CLIP-normalised.
+
+    Square images: resizing equals CLIP's resize + centre crop.
+    """
+    x = F.interpolate(pixels, size=(size, size), mode=resample, align_corners=False, antialias=True)
+    mean = torch.tensor(_CLIP_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(_CLIP_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return ((x + 1) / 2 - mean) / std
 
 
 def unet_features(

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from e4t.base import Base
-from e4t.encoder import E4TEncoder, EncoderConfig
+from e4t.encoder import PRETRAINED_RESAMPLE, E4TEncoder, EncoderConfig
 from e4t.errors import InvalidInput, NotFound
 from e4t.objective import LossWeights
 from e4t.offsets import OffsetConfig
@@ -112,7 +112,10 @@ class DomainPack:
         if isinstance(vision, (str, Path)):
             root = check_vision_folder(vision)
             overrides = dict(
-                vision=str(root), vision_hash=vision_folder_hash(root), freeze_vision=freeze_vision, resample="bicubic"
+                vision=str(root),
+                vision_hash=vision_folder_hash(root),
+                freeze_vision=freeze_vision,
+                resample=PRETRAINED_RESAMPLE,
             )
             tower = load_vision_folder(root)
         elif vision is not None:

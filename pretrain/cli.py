@@ -81,6 +81,24 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     )
     embedded.set_defaults(func=_run_embedded)
 
+    vision = sub.add_parser(
+        "vision",
+        help="pretrain a CLIP vision tower for the encoder, contrastively against a base's text encoder",
+    )
+    vision.add_argument("--base", required=True, type=Path, metavar="BASE_DIR", help="base whose text encoder it reads")
+    vision.add_argument(
+        "--shards", action="append", required=True, type=Path, metavar="DIR", help="shard directory (repeatable)"
+    )
+    vision.add_argument("--out", required=True, type=Path, metavar="DIR", help="output CLIPVisionModel folder")
+    vision.add_argument(
+        "--work", type=Path, default=None, metavar="DIR", help="checkpoints (default: the output folder + .work)"
+    )
+    vision.add_argument("--steps", type=int, default=None, metavar="N", help="training steps (default: 1000)")
+    vision.add_argument("--batch-size", type=int, default=None, metavar="N", help="(default: 128)")
+    vision.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads (default: all cores)")
+    vision.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    vision.set_defaults(func=_run_vision)
+
     judges = sub.add_parser("judges", help="train the identity and context judges of the synthetic world")
     judges.add_argument("--out", type=Path, default=Path("artifacts/judges"), help="output folder (%(default)s)")
     judges.add_argument(
@@ -103,6 +121,19 @@ def _run_judges(args: argparse.Namespace) -> int:
     cfg = JudgeTrainConfig.preset(args.preset, **({"num_threads": args.threads} if args.threads else {}))
     report = train_judges(args.out, preset=args.preset, base_dir=args.base, cfg=cfg, progress=not args.no_progress)
     print(json.dumps({"clean": report["clean"], "degraded": report["degraded"]}, indent=2))
+    return 0
+
+
+def _run_vision(args: argparse.Namespace) -> int:
+    import torch
+
+    from pretrain.vision_tower import VisionTowerConfig, train_vision_tower
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    given = {"steps": args.steps, "batch_size": args.batch_size}
+    cfg = VisionTowerConfig(**{k: v for k, v in given.items() if v is not None})
+    train_vision_tower(args.base, list(args.shards), args.out, cfg, work=args.work, progress=not args.no_progress)
     return 0
 
 

@@ -60,6 +60,9 @@ class DomainTrainConfig:
     # a pretrained tower stays frozen (the pack then refers to its folder by hash): on CPU, fine-tuning
     # ViT-L's 303M parameters would add ~3.6 GB of gradients and Adam state per rank
     freeze_vision: bool = True
+    # a pretrained tower that is fine-tuned learns slower than the new layers, so that the diffusion loss's
+    # noisy gradients refine its features rather than overwrite them
+    lr_vision: float = 3e-5
     split: str = "pretrain"
     # the diffusion target is another view of the input's identity, so that the encoder must encode identity,
     # not pose; off for the shipped packs (README, "The described world, measured")
@@ -176,6 +179,8 @@ def _inputs_fingerprint(base_hash: str, shard_dirs: list[Path], cfg: DomainTrain
         settings["vision"] = {"folder_hash": vision_folder_hash(cfg.vision)}
     else:  # meaningless without a pretrained tower; left out, fingerprints of earlier packs still match
         del settings["freeze_vision"]
+    if not isinstance(cfg.vision, str) or cfg.freeze_vision:
+        del settings["lr_vision"]
     if cfg.paired_views:  # paired target views were jittered before they were kept clean
         settings["targets"] = "clean"
     h = hashlib.sha256(json.dumps({"base": base_hash, "cfg": settings, "domain": domain}, sort_keys=True).encode())
@@ -225,10 +230,14 @@ def train_domain(
     offsets = offset_parameters(base.unet, TUNE)
     for p in offsets:
         p.requires_grad_(True)
+    pretrained_tower = isinstance(cfg.vision, str) and not cfg.freeze_vision
+    tower = {id(p) for p in model.encoder.vision.parameters()} if pretrained_tower else set()
     param_groups = [
-        {"params": list(model.encoder.parameters()), "lr": cfg.lr_encoder},
+        {"params": [p for p in model.encoder.parameters() if id(p) not in tower], "lr": cfg.lr_encoder},
         {"params": offsets, "lr": cfg.lr_offsets},
     ]
+    if pretrained_tower:
+        param_groups.append({"params": list(model.encoder.vision.parameters()), "lr": cfg.lr_vision})
 
     # 3. generating (the tracker's) adds serving's adapter to the UNet: add it now, frozen, so that the
     # parameters DeepSpeed records at its start are the ones it finds when it checkpoints

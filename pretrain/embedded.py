@@ -1,4 +1,4 @@
-"""Rebuild every embedded artifact from nothing: shards, base, domain packs, judges.
+"""Rebuild every embedded artifact from nothing: shards, base, vision tower, domain packs, judges.
 
     e4t pretrain embedded [--world plain|described] [--work runs/embedded] [--num-procs 2]
 
@@ -34,6 +34,9 @@ class World:
     paired_views: bool = False  # packs pretrained on another view of the identity as the target
     keep_stages: bool = False  # a committed stage store under `<subdir>/stages`
     judges: bool = True  # the judges are trained on renders alone; one set serves every world
+    # the encoder's vision tower starts from one pretrained contrastively against the base's text encoder
+    # (pretrain/vision_tower.py), as E4T's starts from CLIP's; False: trained from scratch with the pack
+    vision_tower: bool = False
 
 
 WORLDS = {
@@ -46,6 +49,7 @@ WORLDS = {
         paired_views=True,
         keep_stages=True,
         judges=False,
+        vision_tower=True,
     ),
 }
 
@@ -138,7 +142,21 @@ def build_embedded(
     _export_base(trained, artifacts / "base")
     timings["base_s"] = round(time.time() - t, 1)
 
-    # 3. one domain pack per domain, under DeepSpeed
+    # 3. the encoder's pretrained vision tower, learned on the base split like the base
+    vision = None
+    if world.vision_tower:
+        from pretrain.vision_tower import train_vision_tower
+
+        t = time.time()
+        vision = train_vision_tower(
+            artifacts / "base",
+            list(shard_dirs.values()),
+            artifacts / "vision",
+            work=work / world.subdir / "vision.work",
+        )
+        timings["vision_s"] = round(time.time() - t, 1)
+
+    # 4. one domain pack per domain, under DeepSpeed
     for domain, shards in shard_dirs.items():
         t = time.time()
         args = argparse.Namespace(
@@ -154,6 +172,8 @@ def build_embedded(
             num_procs=num_procs,
             work=str(work / world.subdir / "packs" / f"{domain}.work"),
             paired_views=world.paired_views,
+            vision=str(vision) if vision else None,
+            train_vision=vision is not None,  # fine-tuned, so the pack stores the tower and needs no folder
             restart_stale=True,  # the recipe owns its work folders: a new base makes their checkpoints stale
         )
         (artifacts / "packs").mkdir(parents=True, exist_ok=True)
@@ -161,7 +181,7 @@ def build_embedded(
             raise RuntimeError(f"domain pretraining of {domain} failed")
         timings[f"pack_{domain}_s"] = round(time.time() - t, 1)
 
-    # 4. the judges, when their trainer is present
+    # 5. the judges, when their trainer is present
     try:
         from pretrain.judges import train_judges
     except ImportError:
