@@ -63,6 +63,10 @@ class DomainTrainConfig:
     # a pretrained tower that is fine-tuned learns slower than the new layers, so that the diffusion loss's
     # noisy gradients refine its features rather than overwrite them
     lr_vision: float = 3e-5
+    # L2 on the encoder's embedding offset (the paper's 0.01 by default). On the described world, where
+    # Textual Inversion moves a word twice the class word's norm to carry a subject, 0.01 pins the guess
+    # 20x closer than that (README, "A vision tower that knows identities").
+    embedding_l2: float = LossWeights.embedding
     split: str = "pretrain"
     # the diffusion target is another view of the input's identity, so that the encoder must encode identity,
     # not pose; off for the shipped packs (README, "The described world, measured")
@@ -97,6 +101,8 @@ class DomainTrainConfig:
         for name, low in (("steps", 1), ("batch_size", 1), ("grad_accum", 1), ("checkpoint_every", 1)):
             if getattr(self, name) < low:
                 raise ValueError(f"`{name}` must be at least {low} but is {getattr(self, name)}")
+        if self.embedding_l2 < 0:
+            raise ValueError(f"`embedding_l2` must be at least 0 but is {self.embedding_l2}")
         if self.keep_checkpoints < 1:
             raise ValueError(
                 f"`keep_checkpoints` must be at least 1 (the one to resume from) but is {self.keep_checkpoints}"
@@ -181,6 +187,8 @@ def _inputs_fingerprint(base_hash: str, shard_dirs: list[Path], cfg: DomainTrain
         del settings["freeze_vision"]
     if not isinstance(cfg.vision, str) or cfg.freeze_vision:
         del settings["lr_vision"]
+    if cfg.embedding_l2 == LossWeights.embedding:  # fingerprints of packs from before the field hold
+        del settings["embedding_l2"]
     if cfg.paired_views:  # paired target views were jittered before they were kept clean
         settings["targets"] = "clean"
     h = hashlib.sha256(json.dumps({"base": base_hash, "cfg": settings, "domain": domain}, sort_keys=True).encode())
@@ -225,7 +233,8 @@ def train_domain(
         offset_config=OffsetConfig(rank=cfg.rank),
     )
     activate(base.unet, TUNE)
-    objective = E4TObjective(base, class_word, LossWeights())
+    objective = E4TObjective(base, class_word, LossWeights(embedding=cfg.embedding_l2))
+    pack.loss_weights = objective.weights  # inference-time tuning penalizes the offset as pretraining did
     model = DomainModel(objective, pack.encoder.to(device).train().requires_grad_(True))
     offsets = offset_parameters(base.unet, TUNE)
     for p in offsets:
@@ -458,6 +467,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="bf16: autocast with float32 master weights; auto (default): bf16 on a CUDA device that has it, else fp32",
     )
     p.add_argument("--checkpoint-every", type=int, metavar="N", help="steps between checkpoints")
+    p.add_argument(
+        "--embedding-l2",
+        type=float,
+        metavar="W",
+        help="L2 weight on the encoder's embedding offset; the pack keeps it for tuning (default: 0.01)",
+    )
     p.add_argument("--keep-checkpoints", type=int, metavar="K", help="newest checkpoints kept in WORK (default: 3)")
     p.add_argument(
         "--vision",
@@ -483,7 +498,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-_OVERRIDES = ("steps", "batch_size", "grad_accum", "zero_stage", "precision", "checkpoint_every", "keep_checkpoints")
+_OVERRIDES = (
+    "steps",
+    "batch_size",
+    "grad_accum",
+    "zero_stage",
+    "precision",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "embedding_l2",
+)
 
 
 def config_from_args(args: argparse.Namespace) -> DomainTrainConfig:

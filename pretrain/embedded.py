@@ -37,6 +37,7 @@ class World:
     # the encoder's vision tower starts from one pretrained contrastively against the base's text encoder
     # (pretrain/vision_tower.py), as E4T's starts from CLIP's; False: trained from scratch with the pack
     vision_tower: bool = False
+    embedding_l2: float | None = None  # the packs' L2 on the encoder's offset; None: DomainTrainConfig's
 
 
 WORLDS = {
@@ -50,6 +51,7 @@ WORLDS = {
         keep_stages=True,
         judges=False,
         vision_tower=True,
+        embedding_l2=1e-4,
     ),
 }
 
@@ -173,6 +175,7 @@ def build_embedded(
             work=str(work / world.subdir / "packs" / f"{domain}.work"),
             paired_views=world.paired_views,
             vision=str(vision) if vision else None,
+            embedding_l2=world.embedding_l2,
             train_vision=vision is not None,  # fine-tuned, so the pack stores the tower and needs no folder
             restart_stale=True,  # the recipe owns its work folders: a new base makes their checkpoints stale
         )

@@ -42,8 +42,9 @@ def test_every_synthetic_domain_has_a_pack_for_this_base(base):
 
 
 def test_the_described_world_is_committed_whole():
-    """`artifacts/described` (`e4t pretrain embedded --world described`): its base and packs belong together."""
+    """`artifacts/described` (`e4t pretrain embedded --world described`): base, tower and packs belong together."""
     from e4t import load_base, load_pack
+    from e4t.vision import vision_folder_hash
     from pretrain.arch import DESCRIBED, BaseArch
     from shards.synth import DOMAINS
 
@@ -54,6 +55,9 @@ def test_the_described_world_is_committed_whole():
     packs = [load_pack(root / "packs" / f"{domain}.safetensors", base) for domain in DOMAINS]
     assert all(pack.base_hash == base.hash for pack in packs)
     assert all(pack.training["config"]["paired_views"] for pack in packs)
+    # both encoders started from the committed pretrained tower, fine-tuned and stored in the pack
+    tower_hash = vision_folder_hash(root / "vision")
+    assert all(pack.encoder.config.vision_hash == tower_hash and not pack.encoder.refers_to_folder for pack in packs)
 
 
 def test_judges_were_trained_on_the_current_world():

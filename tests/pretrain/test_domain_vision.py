@@ -95,3 +95,19 @@ def test_pretraining_with_a_pretrained_tower_writes_a_pack_that_refers_to_it(
     assert pack.training["config"]["vision"] == str(tower.resolve()) and pack.training["config"]["freeze_vision"]
     tensors, _ = read_file(out, FORMAT)
     assert not [k for k in tensors if k.startswith("encoder.vision.")]
+
+
+def test_the_embedding_penalty_reaches_the_ranks_and_the_fingerprint_only_when_changed(tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "manifest.json").write_text(json.dumps({"name": "faces"}))
+    tiny = DomainTrainConfig.preset("tiny")
+    assert tiny.embedding_l2 == 0.01  # the paper's weight, which the shipped packs were trained with
+    args = parse(["--embedding-l2", "1e-4"])
+    cfg = config_from_args(args)
+    assert cfg.embedding_l2 == 1e-4 and config_from_args(parse(worker_argv(args))) == cfg
+    # another weight is other inputs: checkpoints of the default one are stale
+    default = _inputs_fingerprint("base", [shards], tiny, "faces")
+    assert _inputs_fingerprint("base", [shards], replace(tiny, embedding_l2=1e-4), "faces") != default
+    with pytest.raises(ValueError, match="embedding_l2"):
+        config_from_args(parse(["--embedding-l2", "-1"]))
