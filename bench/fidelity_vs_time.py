@@ -114,6 +114,11 @@ def tune(
     return results, peak.peak / 2**20
 
 
+def run_config(args: argparse.Namespace) -> dict:
+    """The options of a run, as results.json records them (paths as strings)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "out"}
+
+
 def merge(out: Path, runs: list[Path]) -> int:
     """One results.json and figure from runs of disjoint domains (e.g. one process per domain, side by side)."""
     results = [json.loads((d / "results.json").read_text()) for d in runs]
@@ -218,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(out_rows, generate_peak)
     summary["wall_s"] = round(time.perf_counter() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)
-    result = {"rows": out_rows, "generate": generate_peak, "summary": summary, "config": vars(args) | {"out": None}}
+    result = {"rows": out_rows, "generate": generate_peak, "summary": summary, "config": run_config(args)}
     (args.out / "results.json").write_text(json.dumps(result, indent=2, default=list) + "\n")
     plot(out_rows, args.out / "fidelity_vs_time.png")
     for r in out_rows:

@@ -30,3 +30,10 @@ def test_break_a_scene_rows_are_summarized_and_plotted(tmp_path):
     assert summary["break_a_scene_best_time_over_e4t5"] == 70.0
     bench.plot(rows, tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 1000
+
+
+def test_the_recorded_options_are_json_whatever_paths_they_hold():
+    import json
+
+    args = bench.build_parser().parse_args(["--out", "x", "--judges", "artifacts/judges"])
+    assert json.loads(json.dumps(bench.run_config(args)))["judges"] == "artifacts/judges"

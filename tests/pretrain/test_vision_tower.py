@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_VISION
 
 from e4t import load_base
 from e4t.encoder import clip_pixels
 from pretrain.text_tower import contrastive_loss
 from pretrain.vision_tower import VisionTowerConfig, build_clip, train_vision_tower
+from tests.conftest import TINY_VISION
 
 COLOURS = ("red", "blue", "green", "black")
 TINY_CFG = VisionTowerConfig(steps=3, batch_size=4, tower=TINY_VISION, checkpoint_every=2, retrieval_subjects=4)
