@@ -20,6 +20,10 @@ from e4t.vision import architecture, build_tower, load_vision_folder
 
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# the CLIPVisionConfig arguments of the small tower the embedded world's encoders use
+NEW_TOWER = dict(
+    image_size=64, patch_size=8, hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4
+)
 PRETRAINED_RESAMPLE = "bicubic"  # how CLIP's own preprocessing resizes; used for every pretrained tower
 
 
@@ -29,16 +33,7 @@ class EncoderConfig:
     unet_channels: tuple[int, ...]  # channels of each down block's output, then the mid block's
     # CLIPVisionConfig arguments of a tower whose weights the pack stores (trained from scratch, or a
     # fine-tuned pretrained one), or the path of a pretrained CLIPVisionModel folder the pack refers to
-    vision: dict | str = field(
-        default_factory=lambda: dict(
-            image_size=64,
-            patch_size=8,
-            hidden_size=128,
-            intermediate_size=512,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-        )
-    )
+    vision: dict | str = field(default_factory=lambda: dict(NEW_TOWER))
     hidden: int = 256
     scale: float = 0.1  # offset scale of the community implementation
     vision_hash: str = ""  # `e4t.vision.vision_folder_hash` of the pretrained folder the tower comes from

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModel, get_cosine_schedule_with_warmup
 
 from e4t.base import Base, folder_hash, load_base
-from e4t.encoder import PRETRAINED_RESAMPLE, EncoderConfig, clip_pixels
+from e4t.encoder import NEW_TOWER, PRETRAINED_RESAMPLE, clip_pixels
+from e4t.vision import build_tower
 from pretrain import checkpoint as ck
 from pretrain.loop import train_loop
 from pretrain.text_tower import contrastive_loss
@@ -47,7 +48,7 @@ class VisionTowerConfig:
     # the rest keep the class word and context alone, so the tower learns the context as well
     describe_share: float = 0.9
     # the encoder's default new tower, so that a pack differs from a from-scratch one only by its start
-    tower: dict = field(default_factory=lambda: dict(EncoderConfig.__dataclass_fields__["vision"].default_factory()))
+    tower: dict = field(default_factory=lambda: dict(NEW_TOWER))
     checkpoint_every: int = 100
     seed: int = 0
     retrieval_subjects: int = 32  # held-out identities per domain for the view-to-view retrieval figure
@@ -76,7 +77,7 @@ def build_clip(base: Base, tower: dict) -> CLIPModel:
 
 def _as_tower(model: CLIPModel, tower: dict) -> CLIPVisionModel:
     """The CLIP's vision transformer as a stand-alone CLIPVisionModel (what the encoder loads)."""
-    out = CLIPVisionModel(CLIPVisionConfig(**tower))
+    out = build_tower(tower)
     out.load_state_dict(model.vision_model.state_dict())
     return out
 
@@ -89,25 +90,18 @@ def identity_retrieval(tower: CLIPVisionModel, domains: list[str], subjects: int
     from e4t.images import to_tensor
     from evaluation import protocol
 
+    def features(images: list) -> torch.Tensor:
+        pixels = torch.cat([to_tensor(im, 64) for im in images])
+        with torch.no_grad():
+            pooled = tower(pixel_values=clip_pixels(pixels, tower.config.image_size, PRETRAINED_RESAMPLE)).pooler_output
+        return F.normalize(pooled, dim=-1)
+
     out = {}
     tower.eval()
     for domain in domains:
         views = [protocol.reference_images(s, 2, 64) for s in protocol.heldout_identities(domain, subjects)]
-        with torch.no_grad():
-            feats = [
-                F.normalize(
-                    tower(
-                        pixel_values=clip_pixels(
-                            torch.cat([to_tensor(v[k], 64) for v in views]),
-                            tower.config.image_size,
-                            PRETRAINED_RESAMPLE,
-                        )
-                    ).pooler_output,
-                    dim=-1,
-                )
-                for k in (0, 1)
-            ]
-        hits = (feats[0] @ feats[1].T).argmax(1) == torch.arange(len(views))
+        first, second = features([v[0] for v in views]), features([v[1] for v in views])
+        hits = (first @ second.T).argmax(1) == torch.arange(len(views))
         out[domain] = round(hits.float().mean().item(), 3)
     return out
 
@@ -149,14 +143,15 @@ def train_vision_tower(
     def batches(start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
         # a resumed run reads a fresh stream seeded by its start step; the tower sees augmented images,
         # as the encoder's input is augmented in domain pretraining
-        rng = random.Random(cfg.seed * 1_000_003 + start)
+        seed = cfg.seed * 1_000_003 + start
+        rng = random.Random(seed)
         pipe = make_pipeline(
             urls,
             batch_size=cfg.batch_size,
             splits=["base"],
             resampled=True,
             augment=True,
-            seed=cfg.seed * 1_000_003 + start,
+            seed=seed,
             world_size=1,
             rank=0,
         )
