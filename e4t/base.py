@@ -53,15 +53,17 @@ class Base:
         return self.unet.device
 
 
-def folder_hash(path: str | Path) -> str:
+def folder_hash(path: str | Path, components: tuple[str, ...] | None = None) -> str:
     """sha256 over model_index.json and the files of each pipeline component (names and bytes, sorted).
 
     Anything else in the folder (training notes, samples, work files) does not change the hash.
+    `components` restricts it to those components (say, the text side alone).
     """
     root = Path(path)
     index = json.loads((root / "model_index.json").read_text())
     files = [root / "model_index.json"]
-    for component in sorted(k for k in index if not k.startswith("_") and (root / k).is_dir()):
+    names = [k for k in index if not k.startswith("_") and (root / k).is_dir()]
+    for component in sorted(k for k in names if components is None or k in components):
         files += sorted(p for p in (root / component).rglob("*") if p.is_file())
     h = hashlib.sha256()
     for f in files:

@@ -163,6 +163,9 @@ PRESETS["described-cpu"] = replace(
 )
 # The described world's second schedule, started from the first one's base (`init_from`).
 PRESETS["described-continue"] = replace(PRESETS["described"], unet_steps=900, unet_lr=5e-4, unet_warmup=100)
+# The CPU recipe's second schedule: 4000 more UNet steps at batch 32 from the first one's base (`init_from`),
+# where the first schedule's loss was still falling.
+PRESETS["described-cpu-continue"] = replace(PRESETS["described-cpu"], unet_steps=4000, unet_lr=3e-4, unet_warmup=100)
 _TRAIN_KEYS = ("grad_clip", "weight_decay", "seed")
 
 
@@ -285,7 +288,7 @@ def _train_stages(
         }
     )
     unet_dir = run_stage(
-        "4-unet",
+        "4-unet-continued" if cfg.init_from else "4-unet",  # both schedules of a world share one stage store
         unet_key,
         lambda d: _stage_unet(d, unet_key, cache_dir, text_dir, tokenizer, vae, arch, cfg, progress, callback),
     )
@@ -540,7 +543,7 @@ def _stage_unet(
             callback(stage, step)
 
     logs = train_loop(
-        "4-unet",
+        stage_dir.name,
         stage_dir / "ckpt.pt",
         key,
         cfg,

@@ -38,6 +38,7 @@ class World:
     # (pretrain/vision_tower.py), as E4T's starts from CLIP's; False: trained from scratch with the pack
     vision_tower: bool = False
     embedding_l2: float | None = None  # the packs' L2 on the encoder's offset; None: DomainTrainConfig's
+    continue_preset: str = ""  # a second UNet schedule, started from the first one's base; "": none
 
 
 WORLDS = {
@@ -52,6 +53,7 @@ WORLDS = {
         judges=False,
         vision_tower=True,
         embedding_l2=1e-4,
+        continue_preset="described-cpu-continue",
     ),
 }
 
@@ -134,13 +136,17 @@ def build_embedded(
 
     # 2. the base, trained on the base split of all domains, exported without work files
     t = time.time()
-    trained = train_base(
-        list(shard_dirs.values()),
-        work / world.subdir / "base",
-        arch=ARCHS[world.preset.removesuffix("-cpu")],
-        cfg=BaseTrainConfig.preset(world.preset, sample_every=1000, **dict(world.base_overrides)),
-        store=artifacts / "stages" if world.keep_stages else None,
-    )
+    schedules = [(world.preset, {}, "base")]
+    if world.continue_preset:
+        schedules.append((world.continue_preset, {"init_from": str(work / world.subdir / "base")}, "base-continued"))
+    for preset, init, folder in schedules:
+        trained = train_base(
+            list(shard_dirs.values()),
+            work / world.subdir / folder,
+            arch=ARCHS[world.preset.removesuffix("-cpu")],
+            cfg=BaseTrainConfig.preset(preset, sample_every=1000, **init, **dict(world.base_overrides)),
+            store=artifacts / "stages" if world.keep_stages else None,
+        )
     _export_base(trained, artifacts / "base")
     timings["base_s"] = round(time.time() - t, 1)
 

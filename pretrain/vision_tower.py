@@ -122,9 +122,11 @@ def train_vision_tower(
     for m in manifests:
         if not m.is_file():
             raise FileNotFoundError(f"shard directory {m.parent} has no manifest.json")
-    key = ck.config_hash(
-        {"base": folder_hash(base_dir), "shards": sorted(sha256_file(m) for m in manifests), "cfg": asdict(cfg)}
-    )
+    # the tower meets the base only through its tokenizer and locked text encoder: a base retrained with
+    # the same text side (a further UNet schedule) keeps the tower current
+    text_hash = folder_hash(base_dir, ("text_encoder", "tokenizer"))
+    shards = sorted(sha256_file(m) for m in manifests)
+    key = ck.config_hash({"text": text_hash, "shards": shards, "cfg": asdict(cfg)})
     if ck.stage_done(out, key):
         print(f"vision tower {out} is current")
         return out

@@ -198,7 +198,19 @@ def test_whitening_keeps_the_autoencoder_and_moves_its_latents() -> None:
 def test_init_from_continues_an_earlier_base(trained: Path, shard_dir: Path, tmp_path: Path) -> None:
     # a near-zero learning rate: the continued UNet must still be the earlier one, not a fresh init
     cfg = replace(TINY_CFG, unet_lr=1e-12, unet_steps=2, init_from=str(trained))
-    out = train_base([shard_dir], tmp_path / "continued", arch=TINY, cfg=cfg, progress=False)
+    store, seen = tmp_path / "stages", []
+    out = train_base(
+        [shard_dir],
+        tmp_path / "continued",
+        arch=TINY,
+        cfg=cfg,
+        progress=False,
+        store=store,
+        callback=lambda s, n: seen.append(s),
+    )
+    # its own stage name, so that one store keeps the first schedule's UNet stage beside this one
+    assert seen[-2:] == ["4-unet-continued"] * 2
+    assert sorted(p.name for p in store.iterdir()) == ["1-tokenizer", "2-vae", "4-unet-continued"]
     before = StableDiffusionPipeline.from_pretrained(trained, local_files_only=True).unet.state_dict()
     after = StableDiffusionPipeline.from_pretrained(out, local_files_only=True).unet.state_dict()
     assert all(torch.allclose(before[k].float(), after[k].float(), atol=1e-5) for k in before)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from e4t import load_base
 from e4t.encoder import clip_pixels
@@ -71,6 +73,13 @@ def test_the_job_writes_a_tower_that_domain_pretraining_fine_tunes(tiny_base_dir
     # a finished tower is not retrained; another config is
     mtime = (out / "model.safetensors").stat().st_mtime_ns
     train_vision_tower(tiny_base_dir, [shards], out, TINY_CFG, work=tmp_path / "work", progress=False)
+    assert (out / "model.safetensors").stat().st_mtime_ns == mtime
+    # nor for a base whose UNet trained on (a further schedule): the tower reads its text side alone
+    further = tmp_path / "further-base"
+    shutil.copytree(tiny_base_dir, further)
+    unet_file = next((further / "unet").glob("*.safetensors"))
+    save_file({k: v + 0.01 for k, v in load_file(unet_file).items()}, unet_file)
+    train_vision_tower(further, [shards], out, TINY_CFG, work=tmp_path / "work", progress=False)
     assert (out / "model.safetensors").stat().st_mtime_ns == mtime
     with pytest.raises(ValueError, match="describe_share"):
         train_vision_tower(tiny_base_dir, [shards], out, replace(TINY_CFG, describe_share=2.0), progress=False)
