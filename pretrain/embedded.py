@@ -136,17 +136,19 @@ def build_embedded(
 
     # 2. the base, trained on the base split of all domains, exported without work files
     t = time.time()
-    schedules = [(world.preset, {}, "base")]
-    if world.continue_preset:
-        schedules.append((world.continue_preset, {"init_from": str(work / world.subdir / "base")}, "base-continued"))
-    for preset, init, folder in schedules:
-        trained = train_base(
+
+    def schedule(preset: str, folder: str, **init: str) -> Path:
+        return train_base(
             list(shard_dirs.values()),
             work / world.subdir / folder,
             arch=ARCHS[world.preset.removesuffix("-cpu")],
             cfg=BaseTrainConfig.preset(preset, sample_every=1000, **init, **dict(world.base_overrides)),
             store=artifacts / "stages" if world.keep_stages else None,
         )
+
+    trained = schedule(world.preset, "base")
+    if world.continue_preset:
+        trained = schedule(world.continue_preset, "base-continued", init_from=str(trained))
     _export_base(trained, artifacts / "base")
     timings["base_s"] = round(time.time() - t, 1)
 
