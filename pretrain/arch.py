@@ -78,6 +78,11 @@ DEFAULT = PLAIN  # what ships: the described world does not yet beat it (README)
 ARCHS = {"tiny": TINY, "plain": PLAIN, "described": DESCRIBED}
 
 
+def arch_of_preset(preset: str) -> BaseArch:
+    """The architecture a `pretrain.base.PRESETS` name trains: its world's, whatever schedule or machine suffix."""
+    return ARCHS[preset.removesuffix("-continue").removesuffix("-cpu")]
+
+
 def train_tokenizer(captions: Iterable[str], out_dir: str | Path, arch: BaseArch) -> CLIPTokenizer:
     """Learn BPE merges on `captions` and write them in CLIP's vocab.json / merges.txt layout.
 

@@ -8,7 +8,8 @@ The recipe is a list of stages. Each one writes into `OUT/work/<stage>/`, checkp
 it trains (rerunning after a kill resumes from the last checkpoint), and stamps itself
 (`stage.json`) with a hash of its inputs (shard manifests, earlier stages) and config, so a
 rerun with unchanged inputs skips it: 1-tokenizer, 2-vae, 3-latents, 4-text (only with
-`text_steps`: the text encoder pretrained contrastively, then read frozen), 4-unet, 5-save.
+`text_steps`: the text encoder pretrained contrastively, then read frozen), 4-unet (4-unet-continued
+for a schedule started from an earlier base with `init_from`), 5-save.
 """
 
 from __future__ import annotations

@@ -156,7 +156,7 @@ def _run_embedded(args: argparse.Namespace) -> int:
 
 def _run_base(args: argparse.Namespace) -> int:
     # Imported here so `e4t pretrain --help` answers without loading torch.
-    from pretrain.arch import ARCHS
+    from pretrain.arch import arch_of_preset
     from pretrain.base import BaseTrainConfig, train_base
 
     given = {
@@ -171,7 +171,7 @@ def _run_base(args: argparse.Namespace) -> int:
     }
     overrides = {k: v for k, v in given.items() if v is not None}
     cfg = BaseTrainConfig.preset(args.preset, **overrides)
-    arch = ARCHS[args.preset.removesuffix("-continue").removesuffix("-cpu")]
+    arch = arch_of_preset(args.preset)
     out = train_base(args.shards, args.out, arch=arch, cfg=cfg, progress=not args.no_progress)
     info = json.loads((out / "embedded.json").read_text())
     print(f"base written to {out} (stage seconds: {info.get('timings')}); samples: {out / 'samples.png'}")

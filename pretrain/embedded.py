@@ -28,7 +28,7 @@ class World:
     """Which base and packs a build makes, and where they land (under `artifacts_root()`)."""
 
     name: str
-    preset: str  # pretrain.base.PRESETS, and pretrain.arch.ARCHS without its -cpu suffix
+    preset: str  # pretrain.base.PRESETS (its arch: pretrain.arch.arch_of_preset)
     base_overrides: tuple[tuple[str, Any], ...] = ()  # BaseTrainConfig fields that differ from the preset
     subdir: str = ""  # "" for the shipped world, which is `artifacts/` itself
     paired_views: bool = False  # packs pretrained on another view of the identity as the target
@@ -121,7 +121,7 @@ def build_embedded(
 ) -> dict:
     import argparse
 
-    from pretrain.arch import ARCHS
+    from pretrain.arch import arch_of_preset
     from pretrain.base import BaseTrainConfig, train_base
     from pretrain.domain import launch
     from shards.synth import DOMAINS
@@ -141,7 +141,7 @@ def build_embedded(
         return train_base(
             list(shard_dirs.values()),
             work / world.subdir / folder,
-            arch=ARCHS[world.preset.removesuffix("-cpu")],
+            arch=arch_of_preset(world.preset),
             cfg=BaseTrainConfig.preset(preset, sample_every=1000, **init, **dict(world.base_overrides)),
             store=artifacts / "stages" if world.keep_stages else None,
         )
