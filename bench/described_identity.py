@@ -5,6 +5,8 @@ For each base and domain, on held-out subjects:
   descriptions (same context): near 1 when the encoder cannot tell the descriptions apart.
 - `description_gap`: held-out diffusion loss (fixed views, noise and timesteps) with another
   subject's description minus with the view's own; 0 when the UNet ignores the identity words.
+- `image_gap_by_noise`: the same, as the error of the image the UNet implies, in five bands of noise
+  levels from low to high: comparable between an epsilon- and a v-predicting UNet.
 - `attribute_accuracy`: the base prompted with each subject's full description (a photo, plain
   background), its images read by an attribute probe (a small CNN trained here on real renders of
   the base and evaluator splits, kept in OUT and reused); per attribute, against chance.
@@ -126,20 +128,47 @@ def text_cosine(base, captions: list[str]) -> float:
 @torch.no_grad()
 def description_gap(base, pixels: torch.Tensor, metas: list[dict], domain: str) -> float:
     """Held-out diffusion loss with the next view's identity described minus with the view's own."""
-    g = torch.Generator().manual_seed(1)
+    own, other = _errors(base, pixels, metas, domain, (100, 900), seed=1)
+    return float(other.mean() - own.mean())
+
+
+@torch.no_grad()
+def image_gap(base, pixels: torch.Tensor, metas: list[dict], domain: str, bands: int = 5) -> list[float]:
+    """Per band of noise levels (low to high), the image error with the next view's identity described minus
+    with the view's own: the same yardstick whatever the UNet predicts (epsilon or v)."""
+    out = []
+    width = 1000 // bands
+    for band in range(bands):
+        own, other = _errors(base, pixels, metas, domain, (band * width, (band + 1) * width), 100 + band, image=True)
+        out.append(round(float(other.mean() - own.mean()), 5))
+    return out
+
+
+def _errors(
+    base, pixels, metas, domain, steps: tuple[int, int], seed: int, image: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per view, the UNet's squared error with its own description and with the next view's, at noise
+    levels drawn from `steps`. `image`: as the error of the image it implies (epsilon: / SNR; v: x (1 - alpha_bar))."""
+    g = torch.Generator().manual_seed(seed)
     latents = base.vae.encode(pixels.to(base.device, base.vae.dtype)).latent_dist.mean * base.vae.config.scaling_factor
     noise = torch.randn(latents.shape, generator=g).to(latents)
-    t = torch.randint(100, 900, (len(metas),), generator=g).to(base.device)
-    noisy = DDPMScheduler.from_config(base.scheduler.config).add_noise(latents, noise, t)
+    t = torch.randint(*steps, (len(metas),), generator=g).to(base.device)
+    sched = DDPMScheduler.from_config(base.scheduler.config)
+    noisy = sched.add_noise(latents, noise, t)
+    epsilon = sched.config.prediction_type == "epsilon"
+    target = noise if epsilon else sched.get_velocity(latents, noise, t)
+    alpha_bar = sched.alphas_cumprod.to(base.device)[t].view(-1, 1, 1, 1)
+    scale = ((1 - alpha_bar) / alpha_bar if epsilon else 1 - alpha_bar) if image else torch.ones_like(alpha_bar)
 
-    def loss(described: list[dict]) -> float:
+    def error(described: list[dict]) -> torch.Tensor:
         captions = [described_caption(domain, d["attributes"], m["context"]) for d, m in zip(described, metas)]
         ids = base.tokenizer(
             captions, padding="max_length", max_length=base.tokenizer.model_max_length, return_tensors="pt"
         ).input_ids.to(base.device)
-        return float(F.mse_loss(base.unet(noisy, t, base.text_encoder(ids)[0]).sample.float(), noise.float()))
+        prediction = base.unet(noisy, t, base.text_encoder(ids)[0]).sample.float()
+        return ((prediction - target.float()) ** 2 * scale).mean((1, 2, 3))
 
-    return loss([metas[(k + 1) % len(metas)] for k in range(len(metas))]) - loss(metas)
+    return error(metas), error([metas[(k + 1) % len(metas)] for k in range(len(metas))])
 
 
 def measure(base, judge, probe, domain: str, held: tuple[torch.Tensor, list[dict]], subjects: int, images: int):
@@ -160,13 +189,13 @@ def measure(base, judge, probe, domain: str, held: tuple[torch.Tensor, list[dict
         sims.append(judge.id_similarity(x, pixels[views[identity]]))
         pictures.append(generated)
     gap_views = torch.randperm(len(metas), generator=torch.Generator().manual_seed(0))[:64].tolist()
+    gap_set = (pixels[gap_views], [metas[i] for i in gap_views])
     accuracy = {k: round(sum(v) / len(v), 3) for k, v in hits.items()}
     return (
         {
             "text_cosine": round(text_cosine(base, captions), 4),
-            "description_gap": round(
-                description_gap(base, pixels[gap_views], [metas[i] for i in gap_views], domain), 5
-            ),
+            "description_gap": round(description_gap(base, *gap_set, domain), 5),
+            "image_gap_by_noise": image_gap(base, *gap_set, domain),
             "attribute_accuracy": accuracy,
             "mean_attribute_accuracy": round(sum(accuracy.values()) / len(accuracy), 3),
             "id_sim": round(sum(sims) / len(sims), 4),

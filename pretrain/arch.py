@@ -43,19 +43,24 @@ class BaseArch:
     max_tokens: int = 32
     vocab_merges: int = 2000
     unet_top_attention: bool = False  # attention at the full latent resolution too
+    # what the UNet predicts: "epsilon" (Stable Diffusion 1.x) or "v_prediction" (Salimans & Ho 2022, as
+    # Stable Diffusion 2.x), whose high-noise target is the image itself rather than nearly the input
+    prediction_type: str = "epsilon"
 
     @property
     def latent_size(self) -> int:
         return self.image_size // 2 ** (len(self.vae_channels) - 1)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        # fields added after stages were committed appear only when set, so those stages' keys still hold
+        return {k: v for k, v in asdict(self).items() if k not in _LATER or v != _LATER[k]}
 
     @classmethod
     def from_json(cls, d: dict) -> BaseArch:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
+_LATER = {"prediction_type": "epsilon"}
 TINY = BaseArch(
     vae_channels=(8, 16, 16),
     unet_channels=(16, 32, 32),
@@ -74,8 +79,15 @@ PLAIN = BaseArch(vae_channels=(16, 32, 64), unet_channels=(32, 64, 128))
 # channels and a wider VAE keep more of the marks and eye colours (16x16x8 for 64x64x3), attention at
 # 16x16 lets words reach them, and a full description with its context runs to ~45 tokens.
 DESCRIBED = replace(PLAIN, latent_channels=8, vae_channels=(32, 64, 128), max_tokens=64, unet_top_attention=True)
+# The described world's UNet predicting v: at high noise its target is the image, which the words decide.
+DESCRIBED_V = replace(DESCRIBED, prediction_type="v_prediction")
 DEFAULT = PLAIN  # what ships: the described world does not yet beat it (README)
-ARCHS = {"tiny": TINY, "plain": PLAIN, "described": DESCRIBED}
+ARCHS = {
+    "tiny": TINY,
+    "plain": PLAIN,
+    "described": DESCRIBED,
+    "described-v": DESCRIBED_V,
+}
 
 
 def arch_of_preset(preset: str) -> BaseArch:
@@ -182,9 +194,10 @@ def build_unet(arch: BaseArch) -> UNet2DConditionModel:
     )
 
 
-def build_scheduler() -> DDIMScheduler:
+def build_scheduler(prediction_type: str = "epsilon") -> DDIMScheduler:
     # Stable Diffusion's training schedule; DDIM with it samples well in 25 steps.
     return DDIMScheduler(
+        prediction_type=prediction_type,
         num_train_timesteps=1000,
         beta_start=0.00085,
         beta_end=0.012,
@@ -196,7 +209,12 @@ def build_scheduler() -> DDIMScheduler:
 
 
 def build_pipeline(
-    *, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, vae: AutoencoderKL, unet: UNet2DConditionModel
+    *,
+    tokenizer: CLIPTokenizer,
+    text_encoder: CLIPTextModel,
+    vae: AutoencoderKL,
+    unet: UNet2DConditionModel,
+    prediction_type: str = "epsilon",
 ) -> StableDiffusionPipeline:
     """The components as a plain `StableDiffusionPipeline` (no safety checker: a synthetic world)."""
     return StableDiffusionPipeline(
@@ -204,7 +222,7 @@ def build_pipeline(
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=build_scheduler(),
+        scheduler=build_scheduler(prediction_type),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -223,7 +241,9 @@ def save_pipeline(
     extra: dict | None = None,
 ) -> Path:
     """Save as a plain `StableDiffusionPipeline` folder, plus `embedded.json` saying how it was made."""
-    pipe = build_pipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, unet=unet)
+    pipe = build_pipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, unet=unet, prediction_type=arch.prediction_type
+    )
     if dtype != torch.float32:
         pipe.to(dtype=dtype)
     out = Path(out_dir)

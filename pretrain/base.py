@@ -9,7 +9,7 @@ it trains (rerunning after a kill resumes from the last checkpoint), and stamps 
 (`stage.json`) with a hash of its inputs (shard manifests, earlier stages) and config, so a
 rerun with unchanged inputs skips it: 1-tokenizer, 2-vae, 3-latents, 4-text (only with
 `text_steps`: the text encoder pretrained contrastively, then read frozen), 4-unet (4-unet-continued
-for a schedule started from an earlier base with `init_from`), 5-save.
+for a schedule started from an earlier base with `init_from`; a `-v` suffix for a v-predicting UNet), 5-save.
 """
 
 from __future__ import annotations
@@ -54,6 +54,8 @@ from shards.reader import make_loader, make_pipeline, shard_urls
 from shards.synth import DOMAINS, described_caption
 from shards.writer import sha256_file
 
+_LATER = ("unet_snr_floor",)
+
 
 @dataclass(frozen=True)
 class BaseTrainConfig:
@@ -72,6 +74,9 @@ class BaseTrainConfig:
     unet_caption_dropout: float = 0.1
     unet_describe_share: float = 0.0  # captions that name the identity's attributes (shards.synth.training_caption)
     unet_snr_gamma: float = 0.0  # min-SNR loss weighting (Hang et al. 2023); 0 turns it off
+    # with it, a floor on the weight of the image error at high noise (Salimans & Ho 2022's truncated SNR,
+    # max(SNR, 1)): where words decide what is drawn, min-SNR alone weighs that error by SNR, near 0
+    unet_snr_floor: float = 0.0
     unet_ema: bool = True
     unet_ema_max_decay: float = 0.999
     # Contrastive text pretraining (pretrain/text_tower.py) before the UNet stage, which then reads the
@@ -114,7 +119,12 @@ class BaseTrainConfig:
         return torch.device(self.device)
 
     def subset(self, *prefixes: str) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name.startswith(prefixes)}
+        # fields added after stages were committed appear only when set, so those stages' keys still hold
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name.startswith(prefixes) and (f.name not in _LATER or getattr(self, f.name) != f.default)
+        }
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> BaseTrainConfig:
@@ -167,6 +177,9 @@ PRESETS["described-continue"] = replace(PRESETS["described"], unet_steps=900, un
 # The CPU recipe's second schedule: 4000 more UNet steps at batch 32 from the first one's base (`init_from`),
 # where the first schedule's loss was still falling.
 PRESETS["described-cpu-continue"] = replace(PRESETS["described-cpu"], unet_steps=4000, unet_lr=3e-4, unet_warmup=100)
+# The same second schedule turning the UNet to v-prediction (pretrain.arch.DESCRIBED_V), its image error
+# weighed at least 1 at every noise level.
+PRESETS["described-v-cpu-continue"] = replace(PRESETS["described-cpu-continue"], unet_steps=2400, unet_snr_floor=1.0)
 _TRAIN_KEYS = ("grad_clip", "weight_decay", "seed")
 
 
@@ -289,7 +302,8 @@ def _train_stages(
         }
     )
     unet_dir = run_stage(
-        "4-unet-continued" if cfg.init_from else "4-unet",  # both schedules of a world share one stage store
+        # one stage per schedule of a world, so that one stage store keeps them all
+        "4-unet" + ("-continued" if cfg.init_from else "") + ("-v" if arch.prediction_type == "v_prediction" else ""),
         unet_key,
         lambda d: _stage_unet(d, unet_key, cache_dir, text_dir, tokenizer, vae, arch, cfg, progress, callback),
     )
@@ -513,12 +527,8 @@ def _stage_unet(
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=cfg.weight_decay)
     sched = get_cosine_schedule_with_warmup(opt, cfg.unet_warmup, cfg.unet_steps)
     ema = EMAModel(params, decay=cfg.unet_ema_max_decay, use_ema_warmup=True) if cfg.unet_ema else None
-    noise_sched = DDPMScheduler.from_config(build_scheduler().config)
-
-    snr = noise_sched.alphas_cumprod / (1 - noise_sched.alphas_cumprod)
-    # min-SNR-gamma for epsilon prediction: min(SNR, gamma) / SNR; no weighting when gamma is 0
-    weight = (snr.clamp(max=cfg.unet_snr_gamma) / snr) if cfg.unet_snr_gamma > 0 else torch.ones_like(snr)
-    weight = weight.to(device)
+    noise_sched = DDPMScheduler.from_config(build_scheduler(arch.prediction_type).config)
+    weight = loss_weights(noise_sched.alphas_cumprod, arch.prediction_type, cfg).to(device)
 
     def batches(start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         seed = cfg.seed * 1_000_003 + start
@@ -533,13 +543,14 @@ def _stage_unet(
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), device=device)
         cond = text_encoder(tokens)[0]
         pred = unet(noise_sched.add_noise(latents, noise, t), t, cond).sample
-        mse = F.mse_loss(pred, noise, reduction="none").mean((1, 2, 3))
+        target = noise if arch.prediction_type == "epsilon" else noise_sched.get_velocity(latents, noise, t)
+        mse = F.mse_loss(pred, target, reduction="none").mean((1, 2, 3))
         return (weight[t] * mse).mean(), {"mse": mse.mean().item()}
 
     def on_step(stage: str, step: int) -> None:
         if cfg.sample_every and step % cfg.sample_every == 0:
             path = stage_dir / f"samples-{step:06d}.png"
-            _preview(path, cache_dir, tokenizer, text_encoder, vae, unet, ema, params, cfg)
+            _preview(path, cache_dir, tokenizer, text_encoder, vae, unet, ema, params, cfg, arch)
         if callback is not None:
             callback(stage, step)
 
@@ -568,6 +579,21 @@ def _stage_unet(
     return logs
 
 
+def loss_weights(alphas_cumprod: torch.Tensor, prediction_type: str, cfg: BaseTrainConfig) -> torch.Tensor:
+    """Per-timestep weight of the UNet's loss: min-SNR-gamma, floored by `unet_snr_floor`, in image-error terms.
+
+    The epsilon loss is SNR x the image error and the v loss (SNR + 1) x, so the same image-error weight
+    w becomes w / SNR or w / (SNR + 1). No weighting when `unet_snr_gamma` is 0.
+    """
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    if cfg.unet_snr_gamma <= 0:
+        return torch.ones_like(snr)
+    image_weight = snr.clamp(max=cfg.unet_snr_gamma)
+    if cfg.unet_snr_floor > 0:
+        image_weight = image_weight.clamp(min=cfg.unet_snr_floor)
+    return image_weight / (snr if prediction_type == "epsilon" else snr + 1)
+
+
 def _initial_weights(
     folder: Path, tokenizer: CLIPTokenizer, arch: BaseArch
 ) -> tuple[UNet2DConditionModel, CLIPTextModel]:
@@ -593,13 +619,16 @@ def _preview(
     ema: EMAModel | None,
     params: list,
     cfg: BaseTrainConfig,
+    arch: BaseArch,
 ) -> None:
     """Samples mid-training, from the EMA weights when there are some."""
     if ema is not None:
         ema.store(params)
         ema.copy_to(params)
     unet.eval(), text_encoder.eval()
-    pipe = build_pipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, unet=unet).to(unet.device)
+    pipe = build_pipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, unet=unet, prediction_type=arch.prediction_type
+    ).to(unet.device)
     prompts = json.loads((cache_dir / "prompts.json").read_text())
     sample_grid(
         pipe,

@@ -27,12 +27,21 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     base.add_argument("--out", required=True, type=Path, metavar="BASE_DIR", help="output pipeline folder")
     base.add_argument(
         "--preset",
-        choices=("tiny", "plain", "described", "described-cpu", "described-continue", "described-cpu-continue"),
+        choices=(
+            "tiny",
+            "plain",
+            "described",
+            "described-cpu",
+            "described-continue",
+            "described-cpu-continue",
+            "described-v-cpu-continue",
+        ),
         default="plain",
         help="training config and architecture preset; `plain` (what ships): class-word captions, sized for a CPU; "
         "`described`: captions that name identities (batch 512, for a GPU), `described-continue`: its second "
         "schedule, with --init-from; `described-cpu`: the described world on a CPU, with a contrastively "
-        "pretrained text encoder, `described-cpu-continue`: its second schedule, with --init-from "
+        "pretrained text encoder, `described-cpu-continue`: its second schedule, with --init-from, "
+        "`described-v-cpu-continue`: a third that turns the UNet to v-prediction, with --init-from "
         "(default: %(default)s)",
     )
     base.add_argument(

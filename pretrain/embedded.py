@@ -38,7 +38,8 @@ class World:
     # (pretrain/vision_tower.py), as E4T's starts from CLIP's; False: trained from scratch with the pack
     vision_tower: bool = False
     embedding_l2: float | None = None  # the packs' L2 on the encoder's offset; None: DomainTrainConfig's
-    continue_preset: str = ""  # a second UNet schedule, started from the first one's base; "": none
+    # later UNet schedules, (preset, folder under the work dir), each started from the one before's base
+    continue_presets: tuple[tuple[str, str], ...] = ()
 
 
 WORLDS = {
@@ -53,7 +54,7 @@ WORLDS = {
         judges=False,
         vision_tower=True,
         embedding_l2=1e-4,
-        continue_preset="described-cpu-continue",
+        continue_presets=(("described-cpu-continue", "base-continued"), ("described-v-cpu-continue", "base-v")),
     ),
 }
 
@@ -141,14 +142,14 @@ def build_embedded(
         return train_base(
             list(shard_dirs.values()),
             work / world.subdir / folder,
-            arch=arch_of_preset(world.preset),
+            arch=arch_of_preset(preset),
             cfg=BaseTrainConfig.preset(preset, sample_every=1000, **init, **dict(world.base_overrides)),
             store=artifacts / "stages" if world.keep_stages else None,
         )
 
     trained = schedule(world.preset, "base")
-    if world.continue_preset:
-        trained = schedule(world.continue_preset, "base-continued", init_from=str(trained))
+    for preset, folder in world.continue_presets:
+        trained = schedule(preset, folder, init_from=str(trained))
     _export_base(trained, artifacts / "base")
     timings["base_s"] = round(time.time() - t, 1)
 

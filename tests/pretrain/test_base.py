@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -13,7 +14,7 @@ from diffusers import StableDiffusionPipeline
 from transformers import CLIPTextModel
 
 from pretrain.arch import TINY, build_vae
-from pretrain.base import BaseTrainConfig, train_base, whiten_vae
+from pretrain.base import BaseTrainConfig, loss_weights, train_base, whiten_vae
 from pretrain.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from pretrain.cli import main
 from shards.synth import synthesize
@@ -218,6 +219,31 @@ def test_init_from_continues_an_earlier_base(trained: Path, shard_dir: Path, tmp
     wider = replace(TINY, unet_channels=(16, 32, 64))
     with pytest.raises(ValueError, match="another UNet"):
         train_base([shard_dir], tmp_path / "wider", arch=wider, cfg=cfg, progress=False)
+
+
+def test_loss_weights_floor_the_image_error_at_high_noise() -> None:
+    alphas = torch.tensor([0.999, 0.5, 0.01])  # SNR 999, 1, ~0.0101
+    snr = alphas / (1 - alphas)
+    min_snr = replace(TINY_CFG, unet_snr_gamma=5.0)
+    torch.testing.assert_close(loss_weights(alphas, "epsilon", min_snr), torch.tensor([5 / 999, 1.0, 1.0]))
+    floored = replace(min_snr, unet_snr_floor=1.0)
+    # in image-error terms: 5 (capped), 1, and 1 where min-SNR alone gives 0.0101
+    torch.testing.assert_close(loss_weights(alphas, "epsilon", floored) * snr, torch.tensor([5.0, 1.0, 1.0]))
+    torch.testing.assert_close(loss_weights(alphas, "v_prediction", floored) * (snr + 1), torch.tensor([5.0, 1.0, 1.0]))
+    assert torch.equal(loss_weights(alphas, "v_prediction", TINY_CFG), torch.ones(3))
+
+
+def test_v_prediction_continues_an_epsilon_base(trained: Path, shard_dir: Path, tmp_path: Path) -> None:
+    arch = replace(TINY, prediction_type="v_prediction")
+    cfg = replace(TINY_CFG, unet_steps=2, unet_snr_gamma=5.0, unet_snr_floor=1.0, init_from=str(trained))
+    out = train_base([shard_dir], tmp_path / "v", arch=arch, cfg=cfg, progress=False)
+    pipe = StableDiffusionPipeline.from_pretrained(out, local_files_only=True)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"  # what samples.png and every later user read
+    assert json.loads((out / "embedded.json").read_text())["arch"]["prediction_type"] == "v_prediction"
+    curve = (out / "work" / "4-unet-continued-v" / "curve.jsonl").read_text().splitlines()  # its own stage
+    assert curve and all(math.isfinite(json.loads(c)["loss"]) for c in curve)
+    # the epsilon base's own record leaves the field out, so stages committed before it keep their keys
+    assert "prediction_type" not in json.loads((trained / "embedded.json").read_text())["arch"]
 
 
 def test_contrastive_text_stage_feeds_a_frozen_text_encoder(trained: Path, shard_dir: Path, tmp_path: Path) -> None:
