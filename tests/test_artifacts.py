@@ -45,17 +45,18 @@ def test_the_described_world_is_committed_whole():
     """`artifacts/described` (`e4t pretrain embedded --world described`): base, tower and packs belong together."""
     from e4t import load_base, load_pack
     from e4t.vision import vision_folder_hash
-    from pretrain.arch import DESCRIBED, BaseArch
+    from pretrain.arch import DESCRIBED_V, BaseArch, arch_of_preset
     from pretrain.base import PRESETS
     from pretrain.embedded import WORLDS
     from shards.synth import DOMAINS
 
     root = Path(__file__).resolve().parent.parent / "artifacts" / "described"  # committed, whatever E4T_ARTIFACTS says
     recorded = json.loads((root / "base" / "embedded.json").read_text())
-    assert BaseArch.from_json(recorded["arch"]) == DESCRIBED
-    # the base is the recipe's last UNet schedule, started from the first
+    # the base is the recipe's last UNet schedule, started from the one before
+    last = WORLDS["described"].continue_presets[-1][0]
+    assert BaseArch.from_json(recorded["arch"]) == arch_of_preset(last) == DESCRIBED_V
     assert recorded["training"]["init_from"]
-    assert recorded["training"]["unet_steps"] == PRESETS[WORLDS["described"].continue_preset].unet_steps
+    assert recorded["training"]["unet_steps"] == PRESETS[last].unet_steps
     base = load_base(root / "base")
     packs = [load_pack(root / "packs" / f"{domain}.safetensors", base) for domain in DOMAINS]
     assert all(pack.base_hash == base.hash for pack in packs)
