@@ -177,8 +177,8 @@ PRESETS["described-continue"] = replace(PRESETS["described"], unet_steps=900, un
 # The CPU recipe's second schedule: 4000 more UNet steps at batch 32 from the first one's base (`init_from`),
 # where the first schedule's loss was still falling.
 PRESETS["described-cpu-continue"] = replace(PRESETS["described-cpu"], unet_steps=4000, unet_lr=3e-4, unet_warmup=100)
-# The same second schedule turning the UNet to v-prediction (pretrain.arch.DESCRIBED_V), its image error
-# weighed at least 1 at every noise level.
+# The CPU recipe's third schedule, from the second one's base: 2400 steps turning the UNet to v-prediction
+# (pretrain.arch.DESCRIBED_V), its image error weighed at least 1 at every noise level.
 PRESETS["described-v-cpu-continue"] = replace(PRESETS["described-cpu-continue"], unet_steps=2400, unet_snr_floor=1.0)
 _TRAIN_KEYS = ("grad_clip", "weight_decay", "seed")
 
