@@ -41,6 +41,7 @@ from tqdm import tqdm  # noqa: E402
 from e4t import load_base  # noqa: E402
 from e4t.images import to_tensor  # noqa: E402
 from e4t.judges import load_judges  # noqa: E402
+from e4t.objective import diffusion_target  # noqa: E402
 from evaluation.protocol import INPUT_NUISANCE  # noqa: E402
 from evaluation.references import class_word_images  # noqa: E402
 from shards.reader import make_pipeline, shard_urls  # noqa: E402
@@ -156,7 +157,7 @@ def _errors(
     sched = DDPMScheduler.from_config(base.scheduler.config)
     noisy = sched.add_noise(latents, noise, t)
     epsilon = sched.config.prediction_type == "epsilon"
-    target = noise if epsilon else sched.get_velocity(latents, noise, t)
+    target = diffusion_target(sched, latents, noise, t)
     alpha_bar = sched.alphas_cumprod.to(base.device)[t].view(-1, 1, 1, 1)
     scale = ((1 - alpha_bar) / alpha_bar if epsilon else 1 - alpha_bar) if image else torch.ones_like(alpha_bar)
 

@@ -22,6 +22,15 @@ from e4t.prompts import encode_prompts, word_embedding
 PLACEHOLDER = "S"
 
 
+def diffusion_target(
+    scheduler: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """What the UNet is trained to predict for `latents` noised with `noise` at `t`: v or the noise itself."""
+    if scheduler.config.prediction_type == "v_prediction":
+        return scheduler.get_velocity(latents, noise, t)
+    return noise
+
+
 @dataclass(frozen=True)
 class LossWeights:
     embedding: float = 0.01  # L2 on the predicted embedding offset, as in the paper's pretraining
@@ -61,10 +70,7 @@ class E4TObjective:
         steps = self.noise_scheduler.config.num_train_timesteps
         t = torch.randint(0, steps, (latents.shape[0],), generator=generator, device=latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
-        if self.noise_scheduler.config.prediction_type == "v_prediction":
-            target = self.noise_scheduler.get_velocity(latents, noise, t)
-        else:
-            target = noise
+        target = diffusion_target(self.noise_scheduler, latents, noise, t)
         return NoisedBatch(pixels=pixels, noisy=noisy, target=target, timesteps=t)
 
     def predict_offset(self, encoder: E4TEncoder, batch: NoisedBatch) -> torch.Tensor:

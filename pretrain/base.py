@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from e4t.base import folder_hash
+from e4t.objective import diffusion_target
 from pretrain import checkpoint as ck
 from pretrain.arch import (
     DEFAULT,
@@ -543,8 +544,7 @@ def _stage_unet(
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), device=device)
         cond = text_encoder(tokens)[0]
         pred = unet(noise_sched.add_noise(latents, noise, t), t, cond).sample
-        target = noise if arch.prediction_type == "epsilon" else noise_sched.get_velocity(latents, noise, t)
-        mse = F.mse_loss(pred, target, reduction="none").mean((1, 2, 3))
+        mse = F.mse_loss(pred, diffusion_target(noise_sched, latents, noise, t), reduction="none").mean((1, 2, 3))
         return (weight[t] * mse).mean(), {"mse": mse.mean().item()}
 
     def on_step(stage: str, step: int) -> None:
