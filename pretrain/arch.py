@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -21,6 +21,8 @@ from diffusers import (
 )
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from pretrain.checkpoint import keyed_fields
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 # CLIP's own word splitter: letters, digits one by one, punctuation runs.
@@ -52,15 +54,14 @@ class BaseArch:
         return self.image_size // 2 ** (len(self.vae_channels) - 1)
 
     def to_json(self) -> dict:
-        # fields added after stages were committed appear only when set, so those stages' keys still hold
-        return {k: v for k, v in asdict(self).items() if k not in _LATER or v != _LATER[k]}
+        return keyed_fields(self, _LATER)
 
     @classmethod
     def from_json(cls, d: dict) -> BaseArch:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
-_LATER = {"prediction_type": "epsilon"}
+_LATER = ("prediction_type",)  # fields added after stages were committed (pretrain.checkpoint.keyed_fields)
 TINY = BaseArch(
     vae_channels=(8, 16, 16),
     unet_channels=(16, 32, 32),

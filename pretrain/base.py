@@ -20,7 +20,7 @@ import textwrap
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ from shards.reader import make_loader, make_pipeline, shard_urls
 from shards.synth import DOMAINS, described_caption
 from shards.writer import sha256_file
 
-_LATER = ("unet_snr_floor",)
+_LATER = ("unet_snr_floor",)  # fields added after stages were committed (pretrain.checkpoint.keyed_fields)
 
 
 @dataclass(frozen=True)
@@ -120,12 +120,7 @@ class BaseTrainConfig:
         return torch.device(self.device)
 
     def subset(self, *prefixes: str) -> dict[str, Any]:
-        # fields added after stages were committed appear only when set, so those stages' keys still hold
-        return {
-            f.name: getattr(self, f.name)
-            for f in fields(self)
-            if f.name.startswith(prefixes) and (f.name not in _LATER or getattr(self, f.name) != f.default)
-        }
+        return ck.keyed_fields(self, _LATER, prefixes)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> BaseTrainConfig:

@@ -14,6 +14,8 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Collection
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +139,19 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def keyed_fields(obj: Any, later: Collection[str], prefixes: tuple[str, ...] = ("",)) -> dict[str, Any]:
+    """The dataclass `obj`'s fields whose names start with `prefixes`, for a stage key or record.
+
+    Fields named in `later` were added after stages were committed: they appear only when they differ
+    from their defaults, so those stages' keys still hold.
+    """
+    return {
+        f.name: getattr(obj, f.name)
+        for f in fields(obj)
+        if f.name.startswith(prefixes) and (f.name not in later or getattr(obj, f.name) != f.default)
+    }
 
 
 def config_hash(obj: Any) -> str:
