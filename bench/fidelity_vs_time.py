@@ -5,7 +5,7 @@
     python bench/fidelity_vs_time.py --out out/ts --methods two_stage,dreambooth --ts-steps 50,100,200
     python bench/fidelity_vs_time.py --out out/bas --methods e4t,dreambooth,break_a_scene --bas-steps 100,300
     python bench/fidelity_vs_time.py --out out/all --merge out/faces out/cats   # runs of one domain each, joined
-    E4T_ARTIFACTS=artifacts/described python bench/fidelity_vs_time.py --out out/d --judges artifacts/judges
+    E4T_ARTIFACTS=artifacts/plain python bench/fidelity_vs_time.py --out out/p --judges artifacts/judges
 
 For each held-out subject of each domain, E4T runs once per step count (it takes seconds), and
 Textual Inversion and DreamBooth run ONCE each up to their largest step count, with a concept

@@ -6,7 +6,7 @@ VAE, latent mean), but for a bare VAE folder: a finished `2-vae` stage is measur
 is trained on it. The issue's target is `ratio` = vae / real >= 0.95.
 
     python bench/vae_identity.py --vae artifacts/base/vae \
-        --vae artifacts/described/stages/2-vae/model --judges artifacts/judges --out out/vae_identity
+        --vae runs/embedded/plain/base/work/2-vae/model --judges artifacts/judges --out out/vae_identity
 
 Writes OUT/results.json and OUT/vae_identity.png (per VAE: a subject's true renders above their round trip).
 """

@@ -73,7 +73,7 @@ TINY = BaseArch(
     max_tokens=64,  # room for the described captions of the evaluation's `base_described_identity` row
     unet_top_attention=True,
 )
-# The shipped world: captions name the class word and the context only. Sized for ~30 min of training
+# The first shipped world: captions name the class word and the context only. Sized for ~30 min of training
 # on 2 CPU cores (a VAE at (32, 64, 128) costs ~4x the step time).
 PLAIN = BaseArch(vae_channels=(16, 32, 64), unet_channels=(32, 64, 128))
 # The world whose captions describe identities (README, "The described world, measured"): 8 latent
@@ -82,7 +82,7 @@ PLAIN = BaseArch(vae_channels=(16, 32, 64), unet_channels=(32, 64, 128))
 DESCRIBED = replace(PLAIN, latent_channels=8, vae_channels=(32, 64, 128), max_tokens=64, unet_top_attention=True)
 # The described world's UNet predicting v: at high noise its target is the image, which the words decide.
 DESCRIBED_V = replace(DESCRIBED, prediction_type="v_prediction")
-DEFAULT = PLAIN  # what ships: the described world does not yet beat it (README)
+DEFAULT = DESCRIBED_V  # what ships (pretrain.embedded.SHIPPED ends on a DESCRIBED_V schedule)
 ARCHS = {
     "tiny": TINY,
     "plain": PLAIN,

@@ -2,7 +2,7 @@
 
 Launch (one process, CPU; the embedded base is small enough that one machine suffices):
 
-    e4t pretrain base --shards shards/faces --shards shards/art --out models/base --preset plain
+    e4t pretrain base --shards shards/faces --shards shards/art --out models/base --preset described-cpu
 
 The recipe is a list of stages. Each one writes into `OUT/work/<stage>/`, checkpoints while
 it trains (rerunning after a kill resumes from the last checkpoint), and stamps itself

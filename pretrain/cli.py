@@ -1,6 +1,6 @@
 """`e4t pretrain ...`: training jobs. `base` trains the embedded base from scratch.
 
-e4t pretrain base --shards shards/faces --out models/base --preset plain
+e4t pretrain base --shards shards/faces --out models/base --preset described-cpu
 """
 
 from __future__ import annotations
@@ -36,12 +36,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
             "described-cpu-continue",
             "described-v-cpu-continue",
         ),
-        default="plain",
-        help="training config and architecture preset; `plain` (what ships): class-word captions, sized for a CPU; "
-        "`described`: captions that name identities (batch 512, for a GPU), `described-continue`: its second "
-        "schedule, with --init-from; `described-cpu`: the described world on a CPU, with a contrastively "
-        "pretrained text encoder, `described-cpu-continue`: its second schedule, with --init-from, "
-        "`described-v-cpu-continue`: a third that turns the UNet to v-prediction, with --init-from "
+        default="described-cpu",
+        help="training config and architecture preset; `described-cpu` (the first schedule of what ships): captions "
+        "that name identities, with a contrastively pretrained text encoder, on a CPU; `described-cpu-continue`: "
+        "its second schedule and `described-v-cpu-continue` a third that turns the UNet to v-prediction, each "
+        "with --init-from the one before; `described` and `described-continue`: the same world at batch 512, "
+        "for a GPU; `plain`: the earlier world, whose captions name the class word and the context only "
         "(default: %(default)s)",
     )
     base.add_argument(
@@ -84,9 +84,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     embedded.add_argument(
         "--world",
         choices=sorted(WORLDS),
-        default="plain",
-        help="`plain`: the shipped world, into artifacts/; `described`: captions that name identities, into "
-        "artifacts/described/, each finished base stage committed under artifacts/described/stages/ "
+        default="described",
+        help="`described`: the shipped world, whose captions name identities, into artifacts/, each finished "
+        "base stage committed under artifacts/stages/; `plain`: the earlier world, into artifacts/plain/ "
         "(default: %(default)s)",
     )
     embedded.set_defaults(func=_run_embedded)

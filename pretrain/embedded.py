@@ -1,12 +1,13 @@
 """Rebuild every embedded artifact from nothing: shards, base, vision tower, domain packs, judges.
 
-    e4t pretrain embedded [--world plain|described] [--work runs/embedded] [--num-procs 2]
+    e4t pretrain embedded [--world described|plain] [--work runs/embedded] [--num-procs 2]
 
 Each stage skips itself when its inputs and settings are unchanged, and resumes from its
-checkpoints after an interruption; the finished artifacts land in `artifacts/` (committed).
-The described world (README, "The described world, measured") lands in `artifacts/described/`
-and keeps each finished base stage in `artifacts/described/stages/`, so that a build cut off on
-one machine goes on from its last finished stage on a fresh clone.
+checkpoints after an interruption. The shipped world, `described` (README, "The embedded
+default"), lands in `artifacts/` (committed) and keeps each finished base stage in
+`artifacts/stages/`, so that a build cut off on one machine goes on from its last finished stage
+on a fresh clone. The earlier `plain` world, whose captions never describe an identity, lands in
+`artifacts/plain/` (not committed).
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ class World:
     name: str
     preset: str  # pretrain.base.PRESETS (its arch: pretrain.arch.arch_of_preset)
     base_overrides: tuple[tuple[str, Any], ...] = ()  # BaseTrainConfig fields that differ from the preset
-    subdir: str = ""  # "" for the shipped world, which is `artifacts/` itself
+    subdir: str = ""  # under `artifacts_root()`; "" for the shipped world, which is `artifacts/` itself
     paired_views: bool = False  # packs pretrained on another view of the identity as the target
     keep_stages: bool = False  # a committed stage store under `<subdir>/stages`
-    judges: bool = True  # the judges are trained on renders alone; one set serves every world
+    judges: bool = True  # the judges are trained on renders alone; one set, the shipped world's, serves every world
     # the encoder's vision tower starts from one pretrained contrastively against the base's text encoder
     # (pretrain/vision_tower.py), as E4T's starts from CLIP's; False: trained from scratch with the pack
     vision_tower: bool = False
@@ -43,20 +44,19 @@ class World:
 
 
 WORLDS = {
-    "plain": World("plain", "plain", (("unet_steps", 5000),)),
     "described": World(
         "described",
         "described-cpu",
         (("dtype", "float16"),),
-        subdir="described",
         paired_views=True,
         keep_stages=True,
-        judges=False,
         vision_tower=True,
         embedding_l2=1e-4,
         continue_presets=(("described-cpu-continue", "base-continued"), ("described-v-cpu-continue", "base-v")),
     ),
+    "plain": World("plain", "plain", (("unet_steps", 5000),), subdir="plain", judges=False),
 }
+SHIPPED = WORLDS["described"]
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ def build_embedded(
     *,
     num_procs: int = 2,
     recipe: EmbeddedRecipe = EmbeddedRecipe(),
-    world: World = WORLDS["plain"],
+    world: World = SHIPPED,
 ) -> dict:
     import argparse
 
@@ -141,7 +141,7 @@ def build_embedded(
     def schedule(preset: str, folder: str, **init: str) -> Path:
         return train_base(
             list(shard_dirs.values()),
-            work / world.subdir / folder,
+            work / world.name / folder,
             arch=arch_of_preset(preset),
             cfg=BaseTrainConfig.preset(preset, sample_every=1000, **init, **dict(world.base_overrides)),
             store=artifacts / "stages" if world.keep_stages else None,
@@ -163,7 +163,7 @@ def build_embedded(
             artifacts / "base",
             list(shard_dirs.values()),
             artifacts / "vision",
-            work=work / world.subdir / "vision.work",
+            work=work / world.name / "vision.work",
         )
         timings["vision_s"] = round(time.time() - t, 1)
 
@@ -181,7 +181,7 @@ def build_embedded(
             batch_size=recipe.domain_batch_size,
             checkpoint_every=None,
             num_procs=num_procs,
-            work=str(work / world.subdir / "packs" / f"{domain}.work"),
+            work=str(work / world.name / "packs" / f"{domain}.work"),
             paired_views=world.paired_views,
             vision=str(vision) if vision else None,
             embedding_l2=world.embedding_l2,

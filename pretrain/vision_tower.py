@@ -1,7 +1,7 @@
 """Contrastive pretraining of the encoder's vision tower, as E4T's encoder starts from CLIP's.
 
-    e4t pretrain vision --base artifacts/described/base --shards runs/embedded/shards/faces \
-        --shards runs/embedded/shards/cats --out artifacts/described/vision
+    e4t pretrain vision --base artifacts/base --shards runs/embedded/shards/faces \
+        --shards runs/embedded/shards/cats --out artifacts/vision
 
 E4T reads the input image through a pretrained CLIP vision tower. Trained from scratch through
 the diffusion loss alone, the embedded encoder's small tower never learns identity: on the

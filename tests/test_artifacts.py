@@ -1,7 +1,6 @@
 """The committed embedded artifacts load, and what they recorded matches the code that reads them."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -26,44 +25,37 @@ def test_base_matches_the_architecture_in_code(base):
     assert base.resolution == DEFAULT.image_size
     assert tuple(base.unet.config.block_out_channels) == DEFAULT.unet_channels
     assert base.tokenizer.model_max_length == DEFAULT.max_tokens
+    assert base.scheduler.config.prediction_type == DEFAULT.prediction_type
+
+
+def test_the_base_is_the_shipped_recipes_last_schedule():
+    from pretrain.arch import DEFAULT, arch_of_preset
+    from pretrain.base import PRESETS
+    from pretrain.embedded import SHIPPED
+
+    recorded = json.loads((ROOT / "base" / "embedded.json").read_text())
+    last = SHIPPED.continue_presets[-1][0]
+    assert arch_of_preset(last) == DEFAULT
+    assert recorded["training"]["init_from"]  # started from the schedule before
+    assert recorded["training"]["unet_steps"] == PRESETS[last].unet_steps
 
 
 def test_every_synthetic_domain_has_a_pack_for_this_base(base):
     from e4t import load_pack
+    from e4t.vision import vision_folder_hash
     from shards.synth import DOMAINS
 
     _, pack_paths = default_paths()
     packs = {p.domain: p for p in (load_pack(path, base) for path in pack_paths)}  # strict weight loading
     assert set(packs) == set(DOMAINS)
+    tower_hash = vision_folder_hash(ROOT / "vision")
     for domain, pack in packs.items():
         assert pack.class_word == DOMAINS[domain].CLASS_WORD
         assert pack.base_hash == base.hash
         assert pack.step == pack.training["config"]["steps"]
-
-
-def test_the_described_world_is_committed_whole():
-    """`artifacts/described` (`e4t pretrain embedded --world described`): base, tower and packs belong together."""
-    from e4t import load_base, load_pack
-    from e4t.vision import vision_folder_hash
-    from pretrain.arch import DESCRIBED_V, BaseArch, arch_of_preset
-    from pretrain.base import PRESETS
-    from pretrain.embedded import WORLDS
-    from shards.synth import DOMAINS
-
-    root = Path(__file__).resolve().parent.parent / "artifacts" / "described"  # committed, whatever E4T_ARTIFACTS says
-    recorded = json.loads((root / "base" / "embedded.json").read_text())
-    # the base is the recipe's last UNet schedule, started from the one before
-    last = WORLDS["described"].continue_presets[-1][0]
-    assert BaseArch.from_json(recorded["arch"]) == arch_of_preset(last) == DESCRIBED_V
-    assert recorded["training"]["init_from"]
-    assert recorded["training"]["unet_steps"] == PRESETS[last].unet_steps
-    base = load_base(root / "base")
-    packs = [load_pack(root / "packs" / f"{domain}.safetensors", base) for domain in DOMAINS]
-    assert all(pack.base_hash == base.hash for pack in packs)
-    assert all(pack.training["config"]["paired_views"] for pack in packs)
-    # both encoders started from the committed pretrained tower, fine-tuned and stored in the pack
-    tower_hash = vision_folder_hash(root / "vision")
-    assert all(pack.encoder.config.vision_hash == tower_hash and not pack.encoder.refers_to_folder for pack in packs)
+        assert pack.training["config"]["paired_views"]
+        # the encoder started from the committed pretrained tower, fine-tuned and stored in the pack
+        assert pack.encoder.config.vision_hash == tower_hash and not pack.encoder.refers_to_folder
 
 
 def test_judges_were_trained_on_the_current_world():

@@ -29,7 +29,7 @@ PLAIN_PIPELINE = textwrap.dedent(
 
     base, folder, prompt, steps, seed, out = sys.argv[1:]
     pipe = StableDiffusionPipeline.from_pretrained(
-        base, local_files_only=True, safety_checker=None, requires_safety_checker=False
+        base, torch_dtype=torch.float32, local_files_only=True, safety_checker=None, requires_safety_checker=False
     )
     pipe.set_progress_bar_config(disable=True)
 
