@@ -7,7 +7,8 @@
     e4t eval --out out/eval --base BASE --pack faces.safetensors --judges JUDGES --clip CLIP_DIR --dino DINO_DIR
 
 Writes OUT/metrics.json (protocol, rows, and the `combined` rows: per-concept id_sim of prompts naming two
-concepts) and OUT/report.html (table, plots, image grids; self-contained).
+concepts) and OUT/report.html (table, plots, image grids; self-contained); OUT/rows-DOMAIN.json as each
+domain finishes, so a run cut off later keeps the finished domains' rows.
 """
 
 from __future__ import annotations

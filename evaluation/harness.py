@@ -332,6 +332,8 @@ def evaluate(
 ) -> dict:
     """Run the protocol, write `out`/metrics.json and `out`/report.html; returns the metrics dict.
 
+    Each domain's scored rows also land in `out`/rows-<domain>.json as soon as that domain is done.
+
     Paths default to the embedded artifacts (`e4t.embedded.default_paths()`, artifacts/judges).
     """
     from e4t.embedded import artifacts_root, default_paths
@@ -363,14 +365,20 @@ def evaluate(
     judges = load_judges(judges_dir)
     scorer = Scorer(judges, ClipScorer(clip) if clip else None, DinoScorer(dino) if dino else None)
 
-    # 2-4. images of every row; 5. scores
+    # 2-4. images of every row; 5. scores. Each domain's scored rows are written as soon as they exist,
+    # so a long run cut off in a later domain keeps the earlier ones.
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     runs, rows = [], []
     for domain in domains:
         main = domain == domains[0]
         n = config.subjects if main else config.other_subjects
         run = run_domain(base, packs[domain][0], n, config, progress, identity=scorer.identity)
         runs.append(run)
-        rows += [scorer.score(run, row) for row in tqdm(run.rows, desc=f"score {domain}", disable=not progress)]
+        scored = [scorer.score(run, row) for row in tqdm(run.rows, desc=f"score {domain}", disable=not progress)]
+        partial = {"config": asdict(config), "rows": scored}
+        (out / f"rows-{domain}.json").write_text(json.dumps(partial, indent=2) + "\n")
+        rows += scored
     combined, combined_grids = [], {}
     if config.combined_pairs:  # prompts naming two concepts personalized apart (evaluation/combined.py)
         combined, combined_grids = run_combined(
@@ -414,8 +422,6 @@ def evaluate(
         "combined": combined,
         "wall_s": round(time.perf_counter() - started, 1),
     }
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     write_report(out / "report.html", result, runs, config.grid_images, combined_grids)
     return result

@@ -55,7 +55,7 @@ def quick_run(tiny_base_dir, tiny_pack_path, tiny_judges, tiny_real_models, tmp_
 
 
 def test_metrics_json_has_every_row_in_range(quick_run):
-    _, result = quick_run
+    out, result = quick_run
     rows = result["rows"]
     assert [r["steps"] for r in rows if r["method"] == "e4t"] == [0, 1]
     assert [
@@ -76,6 +76,8 @@ def test_metrics_json_has_every_row_in_range(quick_run):
         assert 0.0 <= r["context_acc"] <= 1.0 and 0.0 <= r["diversity"] <= 2.0
         assert ("tune_s" in r) == (r["steps"] is not None)
         assert all(not (isinstance(v, float) and math.isnan(v)) for v in r.values())
+    # written when the domain finished, before the rest of the run: what a run cut off later keeps
+    assert json.loads((out / "rows-faces.json").read_text())["rows"] == rows
     proto = result["protocol"]
     assert proto["base"]["hash"] and proto["packs"]["faces"]["hash"]
     assert set(proto["judges"]) == {"identity", "context"} and set(proto["real_models"]) == {"clip", "dino"}
