@@ -41,7 +41,7 @@ from tqdm import tqdm  # noqa: E402
 from e4t import load_base  # noqa: E402
 from e4t.images import to_tensor  # noqa: E402
 from e4t.judges import load_judges  # noqa: E402
-from e4t.objective import diffusion_target  # noqa: E402
+from e4t.objective import diffusion_target, image_error_scale  # noqa: E402
 from evaluation.protocol import INPUT_NUISANCE  # noqa: E402
 from evaluation.references import class_word_images  # noqa: E402
 from shards.reader import make_pipeline, shard_urls  # noqa: E402
@@ -149,17 +149,17 @@ def _errors(
     base, pixels, metas, domain, steps: tuple[int, int], seed: int, image: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per view, the UNet's squared error with its own description and with the next view's, at noise
-    levels drawn from `steps`. `image`: as the error of the image it implies (epsilon: / SNR; v: x (1 - alpha_bar))."""
+    levels drawn from `steps`. `image`: as the error of the image it implies (`image_error_scale`)."""
     g = torch.Generator().manual_seed(seed)
     latents = base.vae.encode(pixels.to(base.device, base.vae.dtype)).latent_dist.mean * base.vae.config.scaling_factor
     noise = torch.randn(latents.shape, generator=g).to(latents)
     t = torch.randint(*steps, (len(metas),), generator=g).to(base.device)
     sched = DDPMScheduler.from_config(base.scheduler.config)
     noisy = sched.add_noise(latents, noise, t)
-    epsilon = sched.config.prediction_type == "epsilon"
     target = diffusion_target(sched, latents, noise, t)
-    alpha_bar = sched.alphas_cumprod.to(base.device)[t].view(-1, 1, 1, 1)
-    scale = ((1 - alpha_bar) / alpha_bar if epsilon else 1 - alpha_bar) if image else torch.ones_like(alpha_bar)
+    ones = torch.ones_like(sched.alphas_cumprod)
+    per_step = image_error_scale(sched.alphas_cumprod, sched.config.prediction_type) if image else ones
+    scale = per_step.to(base.device)[t].view(-1, 1, 1, 1)
 
     def error(described: list[dict]) -> torch.Tensor:
         captions = [described_caption(domain, d["attributes"], m["context"]) for d, m in zip(described, metas)]

@@ -31,6 +31,16 @@ def diffusion_target(
     return noise
 
 
+def image_error_scale(alphas_cumprod: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """Per noise level, what turns the UNet's squared error into that of the image it implies.
+
+    The epsilon error is SNR x the image error and the v error (SNR + 1) x, so the factor is 1 / SNR or
+    1 / (SNR + 1): one yardstick for UNets that predict either.
+    """
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    return 1 / (snr + 1 if prediction_type == "v_prediction" else snr)
+
+
 @dataclass(frozen=True)
 class LossWeights:
     embedding: float = 0.01  # L2 on the predicted embedding offset, as in the paper's pretraining

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from e4t.base import folder_hash
-from e4t.objective import diffusion_target
+from e4t.objective import diffusion_target, image_error_scale
 from pretrain import checkpoint as ck
 from pretrain.arch import (
     DEFAULT,
@@ -575,10 +575,9 @@ def _stage_unet(
 
 
 def loss_weights(alphas_cumprod: torch.Tensor, prediction_type: str, cfg: BaseTrainConfig) -> torch.Tensor:
-    """Per-timestep weight of the UNet's loss: min-SNR-gamma, floored by `unet_snr_floor`, in image-error terms.
-
-    The epsilon loss is SNR x the image error and the v loss (SNR + 1) x, so the same image-error weight
-    w becomes w / SNR or w / (SNR + 1). No weighting when `unet_snr_gamma` is 0.
+    """Per-timestep weight of the UNet's loss: min-SNR-gamma, floored by `unet_snr_floor`, in image-error terms
+    (`e4t.objective.image_error_scale` carries it over to the UNet's own error). No weighting when
+    `unet_snr_gamma` is 0.
     """
     snr = alphas_cumprod / (1 - alphas_cumprod)
     if cfg.unet_snr_gamma <= 0:
@@ -586,7 +585,7 @@ def loss_weights(alphas_cumprod: torch.Tensor, prediction_type: str, cfg: BaseTr
     image_weight = snr.clamp(max=cfg.unet_snr_gamma)
     if cfg.unet_snr_floor > 0:
         image_weight = image_weight.clamp(min=cfg.unet_snr_floor)
-    return image_weight / (snr if prediction_type == "epsilon" else snr + 1)
+    return image_weight * image_error_scale(alphas_cumprod, prediction_type)
 
 
 def _initial_weights(
