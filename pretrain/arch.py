@@ -93,7 +93,7 @@ ARCHS = {
 
 def arch_of_preset(preset: str) -> BaseArch:
     """The architecture a `pretrain.base.PRESETS` name trains: its world's, whatever schedule or machine suffix."""
-    return ARCHS[preset.removesuffix("-continue").removesuffix("-cpu")]
+    return ARCHS[preset.removesuffix("-continue").removesuffix("-cpu").removesuffix("-gpu")]
 
 
 def train_tokenizer(captions: Iterable[str], out_dir: str | Path, arch: BaseArch) -> CLIPTokenizer:

@@ -35,13 +35,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
             "described-continue",
             "described-cpu-continue",
             "described-v-cpu-continue",
+            "described-v-gpu-continue",
         ),
         default="described-cpu",
         help="training config and architecture preset; `described-cpu` (the first schedule of what ships): captions "
         "that name identities, with a contrastively pretrained text encoder, on a CPU; `described-cpu-continue`: "
-        "its second schedule and `described-v-cpu-continue` a third that turns the UNet to v-prediction, each "
-        "with --init-from the one before; `described` and `described-continue`: the same world at batch 512, "
-        "for a GPU; `plain`: the earlier world, whose captions name the class word and the context only "
+        "its second schedule, `described-v-cpu-continue` a third that turns the UNet to v-prediction and "
+        "`described-v-gpu-continue` a fourth at batch 512 on a GPU, each with --init-from the one before; "
+        "`described` and `described-continue`: the same world at batch 512, for a GPU; `plain`: the earlier "
+        "world, whose captions name the class word and the context only "
         "(default: %(default)s)",
     )
     base.add_argument(

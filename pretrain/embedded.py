@@ -52,7 +52,11 @@ WORLDS = {
         keep_stages=True,
         vision_tower=True,
         embedding_l2=1e-4,
-        continue_presets=(("described-cpu-continue", "base-continued"), ("described-v-cpu-continue", "base-v")),
+        continue_presets=(
+            ("described-cpu-continue", "base-continued"),
+            ("described-v-cpu-continue", "base-v"),
+            ("described-v-gpu-continue", "base-v-gpu"),
+        ),
     ),
     "plain": World("plain", "plain", (("unet_steps", 5000),), subdir="plain", judges=False),
 }

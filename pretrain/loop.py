@@ -49,6 +49,7 @@ def train_loop(
         sched.load_state_dict(state["lr_scheduler"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
+            ema.to(params[0].device)  # the checkpoint loads onto the CPU; a CUDA run's EMA must follow its weights
         ck.restore_rng(state["rng"])
         start = state["step"]
     for model in models.values():

@@ -244,6 +244,10 @@ def test_v_prediction_continues_an_epsilon_base(trained: Path, shard_dir: Path, 
     assert curve and all(math.isfinite(json.loads(c)["loss"]) for c in curve)
     # the epsilon base's own record leaves the field out, so stages committed before it keep their keys
     assert "prediction_type" not in json.loads((trained / "embedded.json").read_text())["arch"]
+    # a further schedule of the same kind, tagged, trains into a stage of its own beside it in one store
+    tagged = replace(cfg, unet_steps=1, init_from=str(out), stage_tag="gpu")
+    train_base([shard_dir], tmp_path / "v-gpu", arch=arch, cfg=tagged, progress=False, store=tmp_path / "store")
+    assert sorted(p.name for p in (tmp_path / "store").glob("4-unet*")) == ["4-unet-continued-v-gpu"]
 
 
 def test_contrastive_text_stage_feeds_a_frozen_text_encoder(trained: Path, shard_dir: Path, tmp_path: Path) -> None:
