@@ -180,7 +180,7 @@ PRESETS["described-cpu-continue"] = replace(PRESETS["described-cpu"], unet_steps
 # (pretrain.arch.DESCRIBED_V), its image error weighed at least 1 at every noise level.
 PRESETS["described-v-cpu-continue"] = replace(PRESETS["described-cpu-continue"], unet_steps=2400, unet_snr_floor=1.0)
 # The fourth schedule, from the third one's base, on one GPU: the same objective at batch 512 (16x the
-# samples of a CPU step); about 7 minutes on an H100, days on 2 CPU cores (README, "A GPU schedule").
+# samples of a CPU step); 8.5 minutes on an H100, about 5 hours on 2 CPU cores (README, "A GPU schedule").
 PRESETS["described-v-gpu-continue"] = replace(
     PRESETS["described-v-cpu-continue"], unet_steps=1900, unet_batch_size=512, unet_lr=4e-4, stage_tag="gpu"
 )
