@@ -5,6 +5,7 @@
     python bench/fidelity_vs_time.py --out out/ts --methods two_stage,dreambooth --ts-steps 50,100,200
     python bench/fidelity_vs_time.py --out out/bas --methods e4t,dreambooth,break_a_scene --bas-steps 100,300
     python bench/fidelity_vs_time.py --out out/all --merge out/faces out/cats   # runs of one domain each, joined
+    python bench/fidelity_vs_time.py --out out/new --merge out/all out/e4t-only  # the later run's methods replace
     E4T_ARTIFACTS=artifacts/plain python bench/fidelity_vs_time.py --out out/p --judges artifacts/judges
 
 For each held-out subject of each domain, E4T runs once per step count (it takes seconds), and
@@ -120,9 +121,14 @@ def run_config(args: argparse.Namespace) -> dict:
 
 
 def merge(out: Path, runs: list[Path]) -> int:
-    """One results.json and figure from runs of disjoint domains (e.g. one process per domain, side by side)."""
+    """One results.json and figure from several runs: of disjoint domains (one process per domain, side by
+    side), or a later run of some methods over an earlier one (its rows of a domain and method replace the
+    earlier run's, say E4T's after new packs, where the baselines, which never read the pack's weights, hold)."""
     results = [json.loads((d / "results.json").read_text()) for d in runs]
-    rows = [r for res in results for r in res["rows"]]
+    rows: list[dict] = []
+    for res in results:
+        fresh = {(r["domain"], r["method"]) for r in res["rows"]}
+        rows = [r for r in rows if (r["domain"], r["method"]) not in fresh] + res["rows"]
     generate_peak = {k: v for res in results for k, v in res["generate"].items()}
     summary = summarize(rows, generate_peak)
     summary["wall_s"] = max(res["summary"]["wall_s"] for res in results)  # side by side: the longest

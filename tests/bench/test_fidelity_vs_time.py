@@ -37,3 +37,24 @@ def test_the_recorded_options_are_json_whatever_paths_they_hold():
 
     args = bench.build_parser().parse_args(["--out", "x", "--judges", "artifacts/judges"])
     assert json.loads(json.dumps(bench.run_config(args)))["judges"] == "artifacts/judges"
+
+
+def test_a_later_run_of_one_method_replaces_only_that_method(tmp_path, capsys):
+    import json
+
+    def run(name: str, rows: list[dict]) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        result = {"rows": rows, "generate": {"faces": {"peak_rss_mb": 400.0}}, "summary": {"wall_s": 9.0}, "config": {}}
+        (folder / "results.json").write_text(json.dumps(result))
+        return folder
+
+    earlier = run("all", [_row("e4t", 0, 0.1, 0.2), _row("e4t", 5, 1.0, 0.3), _row("textual_inversion", 50, 10.0, 0.5)])
+    later = run("e4t", [_row("e4t", 5, 1.5, 0.6)])
+    assert bench.merge(tmp_path / "merged", [earlier, later]) == 0
+    merged = json.loads((tmp_path / "merged" / "results.json").read_text())
+    assert [(r["method"], r["steps"], r["id_sim"]) for r in merged["rows"]] == [
+        ("textual_inversion", 50, 0.5),
+        ("e4t", 5, 0.6),
+    ]
+    assert merged["summary"]["faces"]["e4t5_minus_textual_inversion_best_id_sim"] == 0.1
