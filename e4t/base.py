@@ -56,7 +56,8 @@ class Base:
 def folder_hash(path: str | Path, components: tuple[str, ...] | None = None) -> str:
     """sha256 over model_index.json and the files of each pipeline component (names and bytes, sorted).
 
-    Anything else in the folder (training notes, samples, work files) does not change the hash.
+    Anything else in the folder (training notes, samples, work files) does not change the hash, nor
+    does where the folder lives: so that a clone anywhere fetches the stages and packs keyed by it.
     `components` restricts it to those components (say, the text side alone).
     """
     root = Path(path)
@@ -68,6 +69,13 @@ def folder_hash(path: str | Path, components: tuple[str, ...] | None = None) -> 
     h = hashlib.sha256()
     for f in files:
         h.update(str(f.relative_to(root)).encode())
+        # diffusers records in a saved config the absolute path it loaded the model from: not content.
+        # Configs without it count by their bytes, so their hashes are what they always were.
+        config = json.loads(f.read_text()) if f.name == "config.json" else {}
+        if "_name_or_path" in config:
+            del config["_name_or_path"]
+            h.update(json.dumps(config, sort_keys=True).encode())
+            continue
         with f.open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)

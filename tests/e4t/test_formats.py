@@ -29,6 +29,27 @@ def test_base_is_a_plain_stable_diffusion_folder(tiny_base_dir):
     assert pipe("a photo of a face", num_inference_steps=2, output_type="pil").images[0].size == (64, 64)
 
 
+def test_folder_hash_counts_content_not_where_it_was_loaded_from(tiny_base_dir, tmp_path):
+    # diffusers writes the absolute path a component was loaded from into its saved config: one base
+    # saved in two checkouts must keep one hash, or stages and packs keyed by it go stale in the other
+    import shutil
+
+    from e4t.base import folder_hash
+
+    def saved_in(checkout: str, **change) -> str:
+        folder = tmp_path / checkout
+        shutil.copytree(tiny_base_dir, folder)
+        config_path = folder / "unet" / "config.json"
+        config = json.loads(config_path.read_text()) | change
+        config["_name_or_path"] = str(folder / "runs" / "work" / "unet")
+        config_path.write_text(json.dumps(config, indent=2))
+        return folder_hash(folder)
+
+    cross = json.loads((tiny_base_dir / "unet" / "config.json").read_text())["cross_attention_dim"]
+    assert saved_in("here") == saved_in("there")
+    assert saved_in("changed", cross_attention_dim=cross + 1) != saved_in("again")
+
+
 def test_pack_round_trip_keeps_weights_and_config(base, tiny_pack_path):
     pack = load_pack(tiny_pack_path, base)
     assert pack.domain == "faces" and pack.class_word == "face" and pack.base_hash == base.hash
