@@ -51,7 +51,7 @@ from e4t.methods import TUNERS, tune_one  # noqa: E402
 from e4t.two_stage import TwoStageConfig, two_stage  # noqa: E402
 from evaluation import protocol  # noqa: E402
 from evaluation.drift import DriftProbe  # noqa: E402
-from evaluation.harness import DomainRun, Row, Scorer  # noqa: E402
+from evaluation.harness import DomainRun, Row, Scorer, draw_concept  # noqa: E402
 
 SNAPSHOT_METHODS = ("textual_inversion", "dreambooth")
 BASELINE_METHODS = (*SNAPSHOT_METHODS, "two_stage", "break_a_scene")
@@ -196,17 +196,17 @@ def main(argv: list[str] | None = None) -> int:
                     row.tune_s.append(seconds)
                     if probe is not None:
                         row.drift.append(probe.measure(concept, scorer.identity.embed(refs[i])))
-                    for p in prompts:
-                        row.groups[i, p.index] = generate(
-                            base,
-                            packs,
-                            {concept.id: concept},
-                            p.for_concept(concept.id),
-                            num_images=args.images,
-                            steps=args.denoise_steps,
-                            seed=protocol.generation_seed(p),
-                            batch_size=args.images,
-                        )
+                    draw_concept(
+                        row,
+                        i,
+                        base,
+                        packs,
+                        concept,
+                        prompts,
+                        num_images=args.images,
+                        steps=args.denoise_steps,
+                        batch_size=args.images,
+                    )
             print(f"{domain} subject {i + 1}/{len(inputs)} done at {time.perf_counter() - started:.0f} s", flush=True)
 
         for (method, k), row in rows.items():

@@ -26,12 +26,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from e4t import generate, load_base, load_pack  # noqa: E402
+from e4t import load_base, load_pack  # noqa: E402
 from e4t.embedded import artifacts_root, default_paths  # noqa: E402
 from e4t.judges import load_judges  # noqa: E402
 from e4t.tuner import personalize  # noqa: E402
 from evaluation import protocol  # noqa: E402
-from evaluation.harness import DomainRun, Row, Scorer  # noqa: E402
+from evaluation.harness import DomainRun, Row, Scorer, draw_concept  # noqa: E402
 
 PROMPTS = (0, 4, 6, 7)  # as bench/fidelity_vs_time.py
 GRID = (
@@ -86,16 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                     start = time.perf_counter()
                     concept = personalize(base, pack, image, steps=k, seed=0)
                     row.tune_s.append(time.perf_counter() - start)
-                    for p in prompts:
-                        row.groups[i, p.index] = generate(
-                            base,
-                            packs,
-                            {concept.id: concept},
-                            p.for_concept(concept.id),
-                            num_images=args.images,
-                            seed=protocol.generation_seed(p),
-                            batch_size=args.images,
-                        )
+                    draw_concept(row, i, base, packs, concept, prompts, num_images=args.images, batch_size=args.images)
                 scores = scorer.score(run, row)
                 rows.append(
                     {

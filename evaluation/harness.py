@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from e4t import generate, load_base, load_pack
 from e4t.base import Base
+from e4t.concept import Concept
 from e4t.judges import CONTEXT_FILE, IDENTITY_FILE, load_judges
 from e4t.methods import METHODS, TUNERS, tune_one
 from e4t.pack import DomainPack
@@ -172,11 +173,27 @@ def pick_domains(packs: dict[str, DomainPack], config: EvalConfig) -> list[str]:
     return sorted(packs, key=lambda d: (d != protocol.MAIN_DOMAIN, d))
 
 
-def _timed_generate(row: Row, key: tuple[int, int], *args, **kwargs) -> None:
-    t = time.perf_counter()
-    images = generate(*args, **kwargs)
-    row.gen_s.append((time.perf_counter() - t) / len(images))
-    row.groups[key] = images
+def draw_concept(
+    row: Row,
+    subject: int,
+    base: Base,
+    packs: dict[str, DomainPack],
+    concept: Concept,
+    prompts: list[Prompt],
+    seed: int = 0,
+    bar: tqdm | None = None,
+    **gen,
+) -> None:
+    """The concept of subject number `subject` under every prompt, each with the prompt's fixed seed, into `row`."""
+    for p in prompts:
+        t = time.perf_counter()
+        images = generate(
+            base, packs, {concept.id: concept}, p.for_concept(concept.id), seed=protocol.generation_seed(p, seed), **gen
+        )
+        row.gen_s.append((time.perf_counter() - t) / len(images))
+        row.groups[subject, p.index] = images
+        if bar is not None:
+            bar.update(1)
 
 
 def run_domain(
@@ -241,19 +258,7 @@ def run_domain(
             row.tune_s.append(time.perf_counter() - t)
             if probe is not None:
                 row.drift.append(probe.measure(concept, identity.embed(references[i])))
-            for p in prompt_list:
-                seed = protocol.generation_seed(p, config.seed)
-                _timed_generate(
-                    row,
-                    (i, p.index),
-                    base,
-                    {domain: pack},
-                    {concept.id: concept},
-                    p.for_concept(concept.id),
-                    seed=seed,
-                    **gen,
-                )
-                bar.update(1)
+            draw_concept(row, i, base, {domain: pack}, concept, prompt_list, config.seed, bar, **gen)
     bar.close()
     return DomainRun(domain, subjects, distractors, prompt_list, inputs, references, [*method_rows, *rows.values()])
 
