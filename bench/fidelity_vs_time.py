@@ -45,16 +45,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from real_shapes import PeakRSS  # noqa: E402  (bench/ is on the path when a script of it runs)
 
 from e4t import generate, load_base, load_pack  # noqa: E402
+from e4t.dreambooth import DreamBoothConfig  # noqa: E402
 from e4t.embedded import artifacts_root, default_paths  # noqa: E402
 from e4t.judges import load_judges  # noqa: E402
 from e4t.methods import TUNERS, tune_one  # noqa: E402
-from e4t.two_stage import TwoStageConfig, two_stage  # noqa: E402
+from e4t.two_stage import TwoStageConfig  # noqa: E402
 from evaluation import protocol  # noqa: E402
 from evaluation.drift import DriftProbe  # noqa: E402
 from evaluation.harness import DomainRun, Row, Scorer, draw_concept  # noqa: E402
 
 SNAPSHOT_METHODS = ("textual_inversion", "dreambooth")
 BASELINE_METHODS = (*SNAPSHOT_METHODS, "two_stage", "break_a_scene")
+SETTINGS = {"two_stage": TwoStageConfig, "dreambooth": DreamBoothConfig}  # methods whose settings a run may change
 PROMPTS = (0, 4, 6, 7)  # beach, glasses, sketch, painting: a background, an accessory, two media
 
 
@@ -73,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ts-steps", type=_ints, default=(50, 100, 200), help="two_stage step counts (a run each)")
     p.add_argument("--bas-steps", type=_ints, default=(100, 300), help="Break-A-Scene step counts (a run each)")
     p.add_argument("--ts-config", type=json.loads, default={}, help="two_stage settings, e.g. '{\"lr_offsets\": 3e-3}'")
+    p.add_argument("--db-config", type=json.loads, default={}, help="DreamBooth settings, e.g. '{\"lr\": 2e-3}'")
     p.add_argument("--methods", default=None, help="comma-separated (default: e4t and every baseline)")
     p.add_argument("--drift-images", type=int, default=4, help="class-word images per concept for drift (0: off)")
     p.add_argument(
@@ -86,14 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def tune(
-    method: str, steps: tuple[int, ...], base, pack, image, ts_config: dict | None = None, mask=None
+    method: str, steps: tuple[int, ...], base, pack, image, settings: dict | None = None, mask=None
 ) -> tuple[list[tuple[int, float, object]], float]:
     """[(steps, seconds, concept)] for every step count, and the peak RSS (MB) of the tuning.
 
     `mask` is the subject's mask in `image`, which scene tuners (Break-A-Scene) learn from."""
     tuner: Callable = functools.partial(tune_one, method, subject_mask=mask)
-    if method == "two_stage" and ts_config:
-        tuner = functools.partial(two_stage, config=TwoStageConfig(**ts_config))
+    if settings:  # a method's config fields that differ from its defaults
+        tuner = functools.partial(tuner, config=SETTINGS[method](**settings))
     results = []
     with PeakRSS() as peak:
         if method in SNAPSHOT_METHODS:  # one run, snapshotted on the way
@@ -189,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
 
         for i, image in enumerate(inputs):
             for method, steps in budgets.items():
-                results, peak_mb = tune(method, steps, base, pack, image, args.ts_config, masks[i])
+                settings = {"two_stage": args.ts_config, "dreambooth": args.db_config}.get(method)
+                results, peak_mb = tune(method, steps, base, pack, image, settings, masks[i])
                 peaks[method].append(peak_mb)
                 for k, seconds, concept in results:
                     row = rows[method, k]

@@ -58,3 +58,25 @@ def test_a_later_run_of_one_method_replaces_only_that_method(tmp_path, capsys):
         ("e4t", 5, 0.6),
     ]
     assert merged["summary"]["faces"]["e4t5_minus_textual_inversion_best_id_sim"] == 0.1
+
+
+def test_a_methods_settings_reach_its_tuner(tiny_base_dir, tiny_pack_path):
+    # --db-config / --ts-config: a run with lr 0 must keep DreamBooth's offsets where a default run moves them
+    import io
+
+    from PIL import Image
+
+    from e4t import load_base, load_pack
+    from shards.synth import render_sample
+
+    base = load_base(tiny_base_dir)
+    pack = load_pack(tiny_pack_path, base)
+    image = Image.open(io.BytesIO(render_sample("faces", 0, 0, 64, 0)[1]))
+    fast = {"batch": 1, "prior_images": 1, "prior_steps": 2}
+
+    def offsets(settings: dict) -> list:
+        (result,), _ = bench.tune("dreambooth", (2,), base, pack, image, settings)
+        return [t for name, t in sorted(result[2].offset_deltas.items()) if "lora_B" in name]
+
+    assert all(t.abs().max() == 0 for t in offsets(fast | {"lr": 0.0}))
+    assert any(t.abs().max() > 0 for t in offsets(fast | {"lr": 1e-2}))
