@@ -6,6 +6,7 @@
     python bench/fidelity_vs_time.py --out out/bas --methods e4t,dreambooth,break_a_scene --bas-steps 100,300
     python bench/fidelity_vs_time.py --out out/all --merge out/faces out/cats   # runs of one domain each, joined
     python bench/fidelity_vs_time.py --out out/new --merge out/all out/e4t-only  # the later run's methods replace
+    python bench/fidelity_vs_time.py --out out/db --merge out/all out/db-no-prior="no prior"  # a variant beside them
     E4T_ARTIFACTS=artifacts/plain python bench/fidelity_vs_time.py --out out/p --judges artifacts/judges
 
 For each held-out subject of each domain, E4T runs once per step count (it takes seconds), and
@@ -79,7 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=None, help="comma-separated (default: e4t and every baseline)")
     p.add_argument("--drift-images", type=int, default=4, help="class-word images per concept for drift (0: off)")
     p.add_argument(
-        "--merge", nargs="+", type=Path, default=None, metavar="DIR", help="join the results of runs (no tuning)"
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="DIR[=LABEL]",
+        help="join the results of runs (no tuning); a run given a LABEL joins as variants: method 'dreambooth (LABEL)'",
     )
     p.add_argument("--images", type=int, default=2, help="images per prompt")
     p.add_argument("--denoise-steps", type=int, default=25)
@@ -123,11 +128,19 @@ def run_config(args: argparse.Namespace) -> dict:
     return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "out"}
 
 
-def merge(out: Path, runs: list[Path]) -> int:
+def merge(out: Path, runs: list[str | Path]) -> int:
     """One results.json and figure from several runs: of disjoint domains (one process per domain, side by
     side), or a later run of some methods over an earlier one (its rows of a domain and method replace the
-    earlier run's, say E4T's after new packs, where the baselines, which never read the pack's weights, hold)."""
-    results = [json.loads((d / "results.json").read_text()) for d in runs]
+    earlier run's, say E4T's after new packs, where the baselines, which never read the pack's weights, hold).
+    A run given as "DIR=LABEL" joins as a variant: its methods are renamed "METHOD (LABEL)", so a run with
+    other settings (--db-config) sits beside the default's rows, plotted, and out of the summary."""
+    results = []
+    for run in runs:
+        folder, _, label = str(run).partition("=")
+        res = json.loads((Path(folder) / "results.json").read_text())
+        if label:
+            res["rows"] = [{**r, "method": f"{r['method']} ({label})"} for r in res["rows"]]
+        results.append(res)
     rows: list[dict] = []
     for res in results:
         fresh = {(r["domain"], r["method"]) for r in res["rows"]}
@@ -136,7 +149,7 @@ def merge(out: Path, runs: list[Path]) -> int:
     summary = summarize(rows, generate_peak)
     summary["wall_s"] = max(res["summary"]["wall_s"] for res in results)  # side by side: the longest
     out.mkdir(parents=True, exist_ok=True)
-    configs = {str(d): res["config"] for d, res in zip(runs, results, strict=True)}
+    configs = {str(run): res["config"] for run, res in zip(runs, results, strict=True)}
     result = {"rows": rows, "generate": generate_peak, "summary": summary, "config": configs}
     (out / "results.json").write_text(json.dumps(result, indent=2, default=list) + "\n")
     plot(rows, out / "fidelity_vs_time.png")
@@ -299,11 +312,17 @@ def plot(rows: list[dict], path: Path) -> None:
         "two_stage": "#2a9d8f",
         "break_a_scene": "#e9c46a",
     }
+    # variants from a labelled merge ("dreambooth (no prior)"): dashed, in colours of their own
+    variants = sorted({r["method"] for r in rows} - set(colors))
+    spare = ("#8ab17d", "#b5179e", "#3a86ff", "#ff006e", "#8d99ae", "#fb8500")
+    styles = {m: (c, "o-") for m, c in colors.items()} | {
+        m: (spare[i % len(spare)], "s--") for i, m in enumerate(variants)
+    }
     panels = ("id_sim", "context_acc", "drift") if any("drift" in r for r in rows) else ("id_sim", "context_acc")
     fig, axes = plt.subplots(len(domains), len(panels), figsize=(5 * len(panels), 3.6 * len(domains)), squeeze=False)
     for row_axes, domain in zip(axes, domains, strict=True):
         for ax, metric in zip(row_axes, panels, strict=True):
-            for method, color in colors.items():
+            for method, (color, style) in styles.items():
                 pts = sorted(
                     (r["seconds"], r[metric], r["steps"])
                     for r in rows
@@ -312,7 +331,7 @@ def plot(rows: list[dict], path: Path) -> None:
                 if not pts:
                     continue
                 xs = [max(p[0], 1e-2) for p in pts]
-                ax.plot(xs, [p[1] for p in pts], "o-", color=color, label=method)
+                ax.plot(xs, [p[1] for p in pts], style, color=color, label=method)
                 for x, (_, v, k) in zip(xs, pts, strict=True):
                     ax.annotate(str(k), (x, v), textcoords="offset points", xytext=(3, 4), fontsize=7, color=color)
             ax.set_xscale("log")

@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--baselines",
         type=_baselines,
         default=None,
-        help="baseline rows as METHOD@STEPS (default: textual_inversion@400,dreambooth@200,two_stage@200,"
+        help="baseline rows as METHOD@STEPS (default: textual_inversion@400,dreambooth@300,two_stage@200,"
         "break_a_scene@300; `none` for none)",
     )
     p.add_argument("--images", type=int, default=None, help="images per prompt (default: 2)")

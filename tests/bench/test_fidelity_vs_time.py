@@ -59,6 +59,17 @@ def test_a_later_run_of_one_method_replaces_only_that_method(tmp_path, capsys):
     ]
     assert merged["summary"]["faces"]["e4t5_minus_textual_inversion_best_id_sim"] == 0.1
 
+    # a labelled run joins as a variant beside the method's own rows, and stays out of the summary
+    variant = run("ti-lr", [_row("textual_inversion", 50, 10.0, 0.9)])
+    assert bench.merge(tmp_path / "variants", [earlier, f"{variant}=lr 1e-2"]) == 0
+    joined = json.loads((tmp_path / "variants" / "results.json").read_text())
+    assert [(r["method"], r["id_sim"]) for r in joined["rows"]][-2:] == [
+        ("textual_inversion", 0.5),
+        ("textual_inversion (lr 1e-2)", 0.9),
+    ]
+    assert joined["summary"]["faces"]["textual_inversion_best"]["id_sim"] == 0.5
+    assert (tmp_path / "variants" / "fidelity_vs_time.png").stat().st_size > 1000
+
 
 def test_a_methods_settings_reach_its_tuner(tiny_base_dir, tiny_pack_path):
     # --db-config / --ts-config: a run with lr 0 must keep DreamBooth's offsets where a default run moves them
