@@ -39,7 +39,7 @@ def test_the_recorded_options_are_json_whatever_paths_they_hold():
     assert json.loads(json.dumps(bench.run_config(args)))["judges"] == "artifacts/judges"
 
 
-def test_a_later_run_of_one_method_replaces_only_that_method(tmp_path, capsys):
+def test_a_later_run_of_one_method_replaces_it_and_a_labelled_run_joins_beside_it(tmp_path):
     import json
 
     def run(name: str, rows: list[dict]) -> Path:
