@@ -61,10 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judges", type=Path, default=None, metavar="DIR", help="judges folder (default: artifacts/judges)")
     p.add_argument("--domains", default=None, help="comma-separated domains to evaluate (default: every loaded pack)")
     p.add_argument(
-        "--subjects", type=int, default=None, help="held-out subjects of the first domain (default: 5; 2 with --quick)"
+        "--subjects", type=int, default=None, help="held-out subjects of the first domain (default: 3; 2 with --quick)"
     )
     p.add_argument(
-        "--other-subjects", type=int, default=None, help="held-out subjects of the other domains (default: 5)"
+        "--other-subjects", type=int, default=None, help="held-out subjects of the other domains (default: 3)"
     )
     p.add_argument(
         "--steps", type=_int_list, default=None, help="E4T tuning-step counts, one row each (default: 0,1,5,15)"
