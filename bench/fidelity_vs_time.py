@@ -246,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(out_rows, generate_peak)
     summary["wall_s"] = round(time.perf_counter() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)
-    result = {"rows": out_rows, "generate": generate_peak, "summary": summary, "config": run_config(args)}
+    config = run_config(args) | {"guidance": base.default_guidance}  # every image is drawn at the base's default
+    result = {"rows": out_rows, "generate": generate_peak, "summary": summary, "config": config}
     (args.out / "results.json").write_text(json.dumps(result, indent=2, default=list) + "\n")
     plot(out_rows, args.out / "fidelity_vs_time.png")
     for r in out_rows:

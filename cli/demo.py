@@ -87,7 +87,9 @@ def write_grid(path: Path, rows: list[tuple[str, Image.Image | None, list[Image.
     grid.save(path)
 
 
-def run_demo(out: Path, *, num_images: int = 4, steps: int = 25, tune_steps: int = 5, guidance: float = 7.5) -> dict:
+def run_demo(
+    out: Path, *, num_images: int = 4, steps: int = 25, tune_steps: int = 5, guidance: float | None = None
+) -> dict:
     from e4t.embedded import default_paths, missing_artifacts
     from serve.client import E4TClient
     from serve.engine import Engine
@@ -101,6 +103,10 @@ def run_demo(out: Path, *, num_images: int = 4, steps: int = 25, tune_steps: int
         build_embedded()
     base_dir, pack_paths = default_paths()
     out.mkdir(parents=True, exist_ok=True)
+    if guidance is None:  # what the server would use, named so that timings.json records it
+        from e4t.base import recorded_guidance
+
+        guidance = recorded_guidance(base_dir)
 
     # 2. server
     started = time.perf_counter()
@@ -164,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-images", type=int, default=4)
     parser.add_argument("--steps", type=int, default=25, help="denoising steps")
     parser.add_argument("--tune-steps", type=int, default=5, help="E4T tuning steps on the input image")
-    parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--guidance", type=float, default=None, help="default: the base's (3 for the embedded base)")
     args = parser.parse_args(argv)
     run_demo(args.out, num_images=args.num_images, steps=args.steps, tune_steps=args.tune_steps, guidance=args.guidance)
     return 0

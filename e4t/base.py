@@ -13,6 +13,8 @@ from diffusers import StableDiffusionPipeline
 from e4t.errors import InvalidInput, NotFound
 
 _COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+# Stable Diffusion's customary classifier-free guidance scale: what a folder draws at unless it records its own
+SD_GUIDANCE = 7.5
 
 
 @dataclass
@@ -23,6 +25,7 @@ class Base:
     pipe: StableDiffusionPipeline
     path: Path
     hash: str
+    default_guidance: float = SD_GUIDANCE  # the guidance scale generation uses when a caller names none
 
     @property
     def unet(self):
@@ -116,4 +119,16 @@ def load_base(path: str | Path, *, device: str | torch.device = "cpu", dtype: to
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         module.requires_grad_(False)
         module.eval()
-    return Base(pipe=pipe, path=root, hash=folder_hash(root))
+    return Base(pipe=pipe, path=root, hash=folder_hash(root), default_guidance=recorded_guidance(root))
+
+
+def recorded_guidance(root: Path) -> float:
+    """The guidance scale a folder's `embedded.json` records under "sampling" (the embedded base's, chosen by
+    `bench/guidance.py`); Stable Diffusion's 7.5 for a folder without one."""
+    record = root / "embedded.json"
+    if not record.is_file():
+        return SD_GUIDANCE
+    guidance = json.loads(record.read_text()).get("sampling", {}).get("guidance", SD_GUIDANCE)
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance <= 30:
+        raise InvalidInput(f"{str(record)!r} records sampling guidance {guidance!r}; expected a number in 0..30")
+    return float(guidance)

@@ -26,7 +26,7 @@ def generate(
     negative_prompt: str = "",
     num_images: int = 4,
     steps: int = 25,
-    guidance: float = 7.5,
+    guidance: float | None = None,
     seed: int = 0,
     on_image: Callable[[int, Image.Image], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -47,6 +47,7 @@ def generate(
         raise InvalidInput(f"`steps` must be at least 1, got {steps}")
     if batch_size < 1:
         raise InvalidInput(f"`batch_size` must be at least 1, got {batch_size}")
+    guidance = base.default_guidance if guidance is None else guidance
     if guidance < 0:
         raise InvalidInput(f"`guidance` must be non-negative, got {guidance}")
 
@@ -142,7 +143,7 @@ def generate_samples(
     samples: Sequence[tuple[PreparedPrompt, int]],
     *,
     steps: int = 25,
-    guidance: float = 7.5,
+    guidance: float | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> list[Image.Image]:
     """One image per (prepared prompt, seed), all denoised as ONE UNet batch, whatever concepts they carry.
@@ -155,6 +156,7 @@ def generate_samples(
         return []
     if steps < 1:
         raise InvalidInput(f"`steps` must be at least 1, got {steps}")
+    guidance = base.default_guidance if guidance is None else guidance
     if guidance < 0:
         raise InvalidInput(f"`guidance` must be non-negative, got {guidance}")
 

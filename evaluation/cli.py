@@ -78,7 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--images", type=int, default=None, help="images per prompt (default: 2)")
     p.add_argument("--denoise-steps", type=int, default=None, help="denoising steps (default: 25; 3 with --quick)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: 7.5)")
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale (default: the base's; 3 for the embedded base, 7.5 for Stable Diffusion)",
+    )
     p.add_argument("--seed", type=int, default=None, help="tuning seed; generation seeds derive from it (default: 0)")
     p.add_argument("--grid-images", type=int, default=None, help="images per cell of the report's grids (default: 1)")
     p.add_argument(

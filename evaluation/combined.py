@@ -42,7 +42,7 @@ class CombinedConfig:
     images_per_prompt: int = 2
     references: int = 4
     denoise_steps: int = 25
-    guidance: float = 7.5
+    guidance: float | None = None  # None: the base's default
     seed: int = 0
     quick: bool = False  # the protocol's 2 quick prompts
 

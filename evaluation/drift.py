@@ -39,7 +39,7 @@ class DriftProbe:
         *,
         count: int = 4,
         steps: int = 25,
-        guidance: float = 7.5,
+        guidance: float | None = None,  # None: the base's default
         seed: int = 0,
     ):
         if count < 1:

@@ -83,7 +83,7 @@ class EvalConfig:
     images_per_prompt: int = 2
     references: int = 4  # reference views per subject for the fidelity metrics
     denoise_steps: int = 25
-    guidance: float = 7.5
+    guidance: float | None = None  # None: the base's default (`Base.default_guidance`)
     seed: int = 0  # tuning seed; generation seeds derive from it (protocol.generation_seed)
     quick: bool = False  # 2 prompts per domain
     domains: tuple[str, ...] | None = None  # None: every loaded domain, the main one ("faces") first
@@ -367,6 +367,8 @@ def evaluate(
         pack = load_pack(path, base)
         packs[pack.domain] = (pack, path)
     domains = pick_domains({d: p for d, (p, _) in packs.items()}, config)
+    if config.guidance is None:  # recorded as the value used
+        config = replace(config, guidance=base.default_guidance)
     from evaluation.realmetrics import ClipScorer, DinoScorer
 
     judges = load_judges(judges_dir)

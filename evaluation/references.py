@@ -36,7 +36,7 @@ def vae_roundtrip(vae: AutoencoderKL, images: list[Image.Image], resolution: int
 
 
 def class_word_images(
-    base: Base, caption: str, count: int, *, steps: int, guidance: float, seed: int
+    base: Base, caption: str, count: int, *, steps: int, guidance: float | None, seed: int
 ) -> list[Image.Image]:
     """The base alone (no concept, no offsets) on a caption without concepts, with the protocol's seeds."""
     return generate(

@@ -41,6 +41,9 @@ class World:
     embedding_l2: float | None = None  # the packs' L2 on the encoder's offset; None: DomainTrainConfig's
     # later UNet schedules, (preset, folder under the work dir), each started from the one before's base
     continue_presets: tuple[tuple[str, str], ...] = ()
+    # the guidance scale the exported base draws at by default (its embedded.json, `e4t.base.recorded_guidance`),
+    # chosen on validation subjects with bench/guidance.py; None: Stable Diffusion's
+    guidance: float | None = None
 
 
 WORLDS = {
@@ -57,6 +60,7 @@ WORLDS = {
             ("described-v-cpu-continue", "base-v"),
             ("described-v-gpu-continue", "base-v-gpu"),
         ),
+        guidance=3.0,
     ),
     "plain": World("plain", "plain", (("unet_steps", 5000),), subdir="plain", judges=False),
 }
@@ -105,17 +109,22 @@ def _renderer_unchanged(domain: str, out: Path, recipe: EmbeddedRecipe) -> bool:
         return member is not None and member.read() == png
 
 
-def _export_base(trained: Path, target: Path) -> None:
-    """Copy the pipeline folder without its work files; a no-op when already identical."""
+def _export_base(trained: Path, target: Path, guidance: float | None) -> None:
+    """Copy the pipeline folder without its work files (a no-op when already identical), then record the
+    world's default guidance in its embedded.json, which the folder's hash leaves out: packs stay valid."""
     from e4t.base import folder_hash
 
-    if (target / "model_index.json").is_file() and folder_hash(target) == folder_hash(trained):
-        return
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(trained, tmp, ignore=shutil.ignore_patterns("work"))
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    if not (target / "model_index.json").is_file() or folder_hash(target) != folder_hash(trained):
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(trained, tmp, ignore=shutil.ignore_patterns("work"))
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    record = json.loads((target / "embedded.json").read_text())
+    sampling = {"guidance": guidance} if guidance is not None else {}
+    if record.get("sampling", {}) != sampling:
+        record["sampling"] = sampling
+        (target / "embedded.json").write_text(json.dumps(record, indent=2))
 
 
 def build_embedded(
@@ -155,7 +164,7 @@ def build_embedded(
     trained = schedule(world.preset, "base")
     for preset, folder in world.continue_presets:
         trained = schedule(preset, folder, init_from=str(trained))
-    _export_base(trained, artifacts / "base")
+    _export_base(trained, artifacts / "base", world.guidance)
     timings["base_s"] = round(time.time() - t, 1)
 
     # 3. the encoder's pretrained vision tower, learned on the base split like the base

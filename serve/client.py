@@ -268,10 +268,10 @@ class E4TClient:
         negative_prompt: str = "",
         num_images: int = 4,
         steps: int = 25,
-        guidance: float = 7.5,
+        guidance: float | None = None,
         seed: int = 0,
     ) -> Iterator[tuple[int, int, Image.Image]]:
-        """Yields (index, seed, image) as each image is done."""
+        """Yields (index, seed, image) as each image is done. `guidance=None` leaves it to the server's base."""
         request = pb2.GenerateRequest(
             prompt=prompt,
             negative_prompt=negative_prompt,

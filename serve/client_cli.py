@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", type=Path, required=True)
     gen.add_argument("--num-images", type=int, default=4)
     gen.add_argument("--steps", type=int, default=25)
-    gen.add_argument("--guidance", type=float, default=7.5)
+    gen.add_argument("--guidance", type=float, default=None, help="default: the server's base's (3 embedded, 7.5 SD)")
     gen.add_argument("--seed", type=int, default=0)
 
     lst = sub.add_parser("list", help="list stored concepts as JSON lines")

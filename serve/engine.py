@@ -41,7 +41,6 @@ from serve.errors import Cancelled, DeadlineExceeded, QueueFull
 from serve.limits import (
     CONCEPT_ID_RE,
     DEFAULT_GENERATE_STEPS,
-    DEFAULT_GUIDANCE,
     DEFAULT_METHOD_STEPS,
     DEFAULT_NUM_IMAGES,
     DEFAULT_PAGE_SIZE,
@@ -624,7 +623,7 @@ class Engine:
         limits = self.limits
         num_images = DEFAULT_NUM_IMAGES if num_images is None else num_images
         steps = DEFAULT_GENERATE_STEPS if steps is None else steps
-        guidance = DEFAULT_GUIDANCE if guidance is None else guidance
+        guidance = self.base.default_guidance if guidance is None else guidance
         seed = 0 if seed is None else seed
         check_range("num_images", num_images, 1, limits.max_num_images)
         check_range("steps", steps, 1, limits.max_generate_steps)

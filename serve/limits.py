@@ -25,7 +25,6 @@ DEFAULT_METHOD_STEPS["two_stage"] = 200  # e4t.two_stage.DEFAULT_STEPS
 DEFAULT_METHOD_STEPS["break_a_scene"] = 300  # e4t.break_a_scene.DEFAULT_STEPS
 DEFAULT_NUM_IMAGES = 4
 DEFAULT_GENERATE_STEPS = 25
-DEFAULT_GUIDANCE = 7.5
 DEFAULT_PAGE_SIZE = 100
 
 # Formats a client may upload; PIL can open many more, but each one is attack surface.

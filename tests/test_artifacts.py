@@ -38,6 +38,13 @@ def test_the_base_is_the_shipped_recipes_last_schedule():
     assert arch_of_preset(last) == DEFAULT
     assert recorded["training"]["init_from"]  # started from the schedule before
     assert recorded["training"]["unet_steps"] == PRESETS[last].unet_steps
+    assert recorded["sampling"] == {"guidance": SHIPPED.guidance}  # what `make embedded` writes
+
+
+def test_the_base_draws_at_the_guidance_the_recipe_chose(base):
+    from pretrain.embedded import SHIPPED
+
+    assert base.default_guidance == SHIPPED.guidance
 
 
 def test_every_synthetic_domain_has_a_pack_for_this_base(base):

@@ -94,3 +94,32 @@ def _other_format_bytes() -> bytes:
     from e4t.safetensors_io import to_bytes
 
     return to_bytes({"x": torch.zeros(1)}, "something.else/1", {})
+
+
+def test_a_base_draws_at_the_guidance_its_folder_records(tiny_base_dir, tmp_path):
+    # Stable Diffusion's 7.5 unless embedded.json names the folder's own scale, which the hash leaves out
+    import shutil
+
+    import numpy as np
+
+    from e4t import generate
+    from e4t.base import SD_GUIDANCE
+
+    folder = tmp_path / "base"
+    shutil.copytree(tiny_base_dir, folder)
+    record = folder / "embedded.json"
+    record.unlink(missing_ok=True)
+    assert load_base(folder).default_guidance == SD_GUIDANCE
+    record.write_text(json.dumps({"sampling": {"guidance": 2.0}}))
+    base = load_base(folder)
+    assert base.default_guidance == 2.0 and base.hash == load_base(tiny_base_dir).hash
+
+    def draw(**guidance):
+        return np.asarray(generate(base, {}, {}, "a photo of a face", num_images=1, steps=2, **guidance)[0])
+
+    assert np.array_equal(draw(), draw(guidance=2.0))
+    assert not np.array_equal(draw(), draw(guidance=SD_GUIDANCE))
+    for bad in ("3", 31, True):
+        record.write_text(json.dumps({"sampling": {"guidance": bad}}))
+        with pytest.raises(InvalidInput, match="sampling guidance"):
+            load_base(folder)

@@ -159,3 +159,23 @@ def test_engine_rejects_bad_batch_settings(world):
         Engine(base, packs, store, max_batch=0)
     with pytest.raises(ValueError, match="`batch_wait_ms` has to be at least 0 but is -1"):
         Engine(base, packs, store, batch_wait_ms=-1)
+
+
+def test_a_request_without_guidance_draws_at_the_bases_default(world):
+    import dataclasses
+
+    base, packs, store, concepts = world
+    base = dataclasses.replace(base, default_guidance=2.0)  # as a folder recording its own scale loads
+    prompt = f"a photo of {{{concepts[0].id}}} on the beach"
+    engine = Engine(base, packs, store)
+    try:
+        [[(_, _, image)]] = _run_together(engine, [dict(prompt=prompt, num_images=1, steps=STEPS, seed=3)])
+    finally:
+        engine.close(10)
+    by_id = {c.id: c for c in concepts}
+    at = {
+        g: _pixels(e4t.generate(base, packs, by_id, prompt, num_images=1, steps=STEPS, guidance=g, seed=3)[0])
+        for g in (2.0, 7.5)
+    }
+    assert np.abs(_pixels(image) - at[2.0]).max() <= 1
+    assert np.abs(at[7.5] - at[2.0]).max() > 8  # the scale shows in the pixels, so the check above can fail

@@ -1,0 +1,148 @@
+"""The classifier-free guidance scale a base draws best at: identity and context against the scale.
+
+    python bench/guidance.py --out out/guidance                     # both domains, the default grid
+    python bench/guidance.py --out out/g --domains faces --scales 2,3,4 --steps 5
+
+On validation subjects (held-out identities past the first `--skip`, 8, as in bench/tune_settings.py,
+so that neither `e4t eval` nor `bench/fidelity_vs_time.py` scores the subjects the scale is chosen
+on), each subject is personalized once per E4T step count; then, at every scale, its concept, the
+base with the subject's full attribute description (words alone) and the base with the class word
+draw the benchmark's four prompts with fixed seeds, scored by the project's judges. The chosen scale
+is recorded in the embedded base's embedded.json (`pretrain.embedded.World.guidance`).
+
+Writes OUT/results.json ({"rows": [{domain, row, steps, guidance, id_sim, context_acc}, ...]}) and
+OUT/guidance.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from e4t import load_base, load_pack  # noqa: E402
+from e4t.embedded import artifacts_root, default_paths  # noqa: E402
+from e4t.judges import load_judges  # noqa: E402
+from e4t.tuner import personalize  # noqa: E402
+from evaluation import protocol  # noqa: E402
+from evaluation.harness import DomainRun, Row, Scorer, draw_concept  # noqa: E402
+from evaluation.references import class_word_images  # noqa: E402
+from shards.synth import described_caption  # noqa: E402
+
+PROMPTS = (0, 4, 6, 7)  # as bench/fidelity_vs_time.py
+WORDS, CLASS_WORD = "words alone", "class word"
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split(","))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--domains", default="faces,cats")
+    p.add_argument("--scales", type=_floats, default=(2.0, 3.0, 5.0, 7.5, 10.0), help="guidance scales")
+    p.add_argument("--steps", default="0,5", help="comma-separated E4T tuning-step counts")
+    p.add_argument("--subjects", type=int, default=4)
+    p.add_argument("--skip", type=int, default=8, help="held-out identities left to the evaluation and the bench")
+    p.add_argument("--images", type=int, default=2, help="images per prompt")
+    p.add_argument("--threads", type=int, default=0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    base_dir, pack_paths = default_paths()
+    base = load_base(base_dir)
+    packs = {p.domain: p for p in (load_pack(path, base) for path in pack_paths)}
+    scorer = Scorer(load_judges(artifacts_root() / "judges"))
+    steps = [int(s) for s in args.steps.split(",")]
+    n = args.images
+    rows = []
+    for domain in args.domains.split(","):
+        pack = packs[domain]
+        subjects = protocol.heldout_identities(domain, args.subjects, skip=args.skip)
+        prompts = [p for p in protocol.prompts(domain) if p.index in PROMPTS]
+        inputs = [protocol.input_image(s, base.resolution) for s in subjects]
+        refs = [protocol.reference_images(s, 4, base.resolution) for s in subjects]
+        run = DomainRun(domain, subjects, [], prompts, inputs, refs, [])
+        concepts = {k: [personalize(base, pack, image, steps=k, seed=0) for image in inputs] for k in steps}
+        for scale in args.scales:
+            scored: list[tuple[str, int | None, Row]] = []
+            for k, tuned in concepts.items():
+                row = Row("e4t", k, domain)
+                for i, concept in enumerate(tuned):
+                    draw_concept(row, i, base, packs, concept, prompts, num_images=n, batch_size=n, guidance=scale)
+                scored.append(("e4t", k, row))
+            words, word = Row(WORDS, None, domain), Row(CLASS_WORD, None, domain)
+            for p in prompts:
+                seed = protocol.generation_seed(p, 0)
+                draw = dict(steps=25, guidance=scale, seed=seed)
+                plain = class_word_images(base, p.caption, n, **draw)
+                for i, s in enumerate(subjects):
+                    caption = described_caption(domain, s.attributes, p.context)
+                    words.groups[i, p.index] = class_word_images(base, caption, n, **draw)
+                    word.groups[i, p.index] = plain
+            scored += [(WORDS, None, words), (CLASS_WORD, None, word)]
+            for name, k, row in scored:
+                scores = scorer.score(run, row)
+                rows.append(
+                    {
+                        "domain": domain,
+                        "row": name,
+                        "steps": k,
+                        "guidance": scale,
+                        "id_sim": scores["id_sim"],
+                        "context_acc": scores["context_acc"],
+                    }
+                )
+                print(json.dumps(rows[-1]), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    result = {"rows": rows, "config": config, "wall_s": round(time.perf_counter() - started, 1)}
+    (args.out / "results.json").write_text(json.dumps(result, indent=2, default=list) + "\n")
+    plot(rows, args.out / "guidance.png")
+    print(f"wrote {args.out / 'results.json'} and {args.out / 'guidance.png'} in {result['wall_s']} s")
+    return 0
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """id_sim and context accuracy against the guidance scale, one panel pair per domain."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    domains = sorted({r["domain"] for r in rows}, key=lambda d: (d != "faces", d))
+    lines = sorted({(r["row"], r["steps"]) for r in rows}, key=lambda x: (x[0] != "e4t", x[0], x[1] or 0))
+    fig, axes = plt.subplots(len(domains), 2, figsize=(10, 3.6 * len(domains)), squeeze=False)
+    for row_axes, domain in zip(axes, domains, strict=True):
+        for ax, metric in zip(row_axes, ("id_sim", "context_acc"), strict=True):
+            for name, k in lines:
+                pts = sorted(
+                    (r["guidance"], r[metric]) for r in rows if (r["domain"], r["row"], r["steps"]) == (domain, name, k)
+                )
+                label = f"E4T, {k} steps" if name == "e4t" else name
+                style = "o-" if name == "e4t" else "s--"
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label)
+            ax.set_xlabel("classifier-free guidance scale")
+            ax.set_ylabel(metric)
+            ax.set_title(f"{domain}: {metric}")
+            ax.grid(alpha=0.3)
+        row_axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
