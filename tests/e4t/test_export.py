@@ -23,11 +23,14 @@ STEPS, SEED = 10, 3
 # Run in a fresh interpreter: nothing of e4t is imported, only diffusers and torch.
 PLAIN_PIPELINE = textwrap.dedent(
     """
-    import json, sys
+    import json, os, sys
     import numpy as np, torch
     from diffusers import StableDiffusionPipeline
 
     base, folder, prompt, steps, seed, out = sys.argv[1:]
+    # the scale e4t draws at when none is named, as the README reads it: the base's record, else diffusers' 7.5
+    record = os.path.join(base, "embedded.json")
+    guidance = json.load(open(record)).get("sampling", {}).get("guidance", 7.5) if os.path.exists(record) else 7.5
     pipe = StableDiffusionPipeline.from_pretrained(
         base, torch_dtype=torch.float32, local_files_only=True, safety_checker=None, requires_safety_checker=False
     )
@@ -35,7 +38,7 @@ PLAIN_PIPELINE = textwrap.dedent(
 
     def draw():
         generator = torch.Generator().manual_seed(int(seed))
-        image = pipe(prompt, num_inference_steps=int(steps), guidance_scale=7.5, generator=generator).images[0]
+        image = pipe(prompt, num_inference_steps=int(steps), guidance_scale=guidance, generator=generator).images[0]
         return np.asarray(image)
 
     pipe.load_textual_inversion(f"{folder}/learned_embeds.safetensors")
