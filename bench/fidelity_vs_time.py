@@ -45,15 +45,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from real_shapes import PeakRSS  # noqa: E402  (bench/ is on the path when a script of it runs)
 
-from e4t import generate, load_base, load_pack  # noqa: E402
+from e4t import generate  # noqa: E402
 from e4t.dreambooth import DreamBoothConfig  # noqa: E402
-from e4t.embedded import artifacts_root, default_paths  # noqa: E402
-from e4t.judges import load_judges  # noqa: E402
 from e4t.methods import TUNERS, tune_one  # noqa: E402
 from e4t.two_stage import TwoStageConfig  # noqa: E402
 from evaluation import protocol  # noqa: E402
 from evaluation.drift import DriftProbe  # noqa: E402
-from evaluation.harness import DomainRun, Row, Scorer, draw_concept  # noqa: E402
+from evaluation.harness import DomainRun, Row, draw_concept, load_embedded_world  # noqa: E402
 
 SNAPSHOT_METHODS = ("textual_inversion", "dreambooth")
 BASELINE_METHODS = (*SNAPSHOT_METHODS, "two_stage", "break_a_scene")
@@ -164,11 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    base_dir, pack_paths = default_paths()
-    base = load_base(base_dir)
-    packs = {p.domain: p for p in (load_pack(path, base) for path in pack_paths)}
+    base, packs, scorer = load_embedded_world(args.judges)
     domains = args.domains.split(",") if args.domains else sorted(packs, key=lambda d: (d != "faces", d))
-    scorer = Scorer(load_judges(args.judges or artifacts_root() / "judges"))
     budgets = {
         "e4t": args.e4t_steps,
         "textual_inversion": args.ti_steps,

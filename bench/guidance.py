@@ -26,12 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from e4t import load_base, load_pack  # noqa: E402
-from e4t.embedded import artifacts_root, default_paths  # noqa: E402
-from e4t.judges import load_judges  # noqa: E402
 from e4t.tuner import personalize  # noqa: E402
 from evaluation import protocol  # noqa: E402
-from evaluation.harness import DomainRun, Row, Scorer, draw_concept  # noqa: E402
+from evaluation.harness import DomainRun, Row, draw_concept, load_embedded_world  # noqa: E402
 from evaluation.references import class_word_images  # noqa: E402
 from shards.synth import described_caption  # noqa: E402
 
@@ -61,10 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    base_dir, pack_paths = default_paths()
-    base = load_base(base_dir)
-    packs = {p.domain: p for p in (load_pack(path, base) for path in pack_paths)}
-    scorer = Scorer(load_judges(artifacts_root() / "judges"))
+    base, packs, scorer = load_embedded_world()
     steps = [int(s) for s in args.steps.split(",")]
     n = args.images
     rows = []

@@ -26,12 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from e4t import load_base, load_pack  # noqa: E402
-from e4t.embedded import artifacts_root, default_paths  # noqa: E402
-from e4t.judges import load_judges  # noqa: E402
 from e4t.tuner import personalize  # noqa: E402
 from evaluation import protocol  # noqa: E402
-from evaluation.harness import DomainRun, Row, Scorer, draw_concept  # noqa: E402
+from evaluation.harness import DomainRun, Row, draw_concept, load_embedded_world  # noqa: E402
 
 PROMPTS = (0, 4, 6, 7)  # as bench/fidelity_vs_time.py
 GRID = (
@@ -64,10 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    base_dir, pack_paths = default_paths()
-    base = load_base(base_dir)
-    packs = {p.domain: p for p in (load_pack(path, base) for path in pack_paths)}
-    scorer = Scorer(load_judges(artifacts_root() / "judges"))
+    base, packs, scorer = load_embedded_world()
     steps = [int(s) for s in args.steps.split(",")]
     rows = []
     for domain in args.domains.split(","):

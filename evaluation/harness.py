@@ -162,6 +162,17 @@ def combined_config(config: EvalConfig) -> CombinedConfig:
     )
 
 
+def load_embedded_world(judges_dir: str | Path | None = None) -> tuple[Base, dict[str, DomainPack], Scorer]:
+    """The embedded base, each of its packs by domain, and a scorer with the judges (default artifacts/judges):
+    what the benches generate and score with."""
+    from e4t.embedded import artifacts_root, default_paths
+
+    base_dir, pack_paths = default_paths()
+    base = load_base(base_dir)
+    packs = {p.domain: p for p in (load_pack(path, base) for path in pack_paths)}
+    return base, packs, Scorer(load_judges(judges_dir or artifacts_root() / "judges"))
+
+
 def file_digest(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
