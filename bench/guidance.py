@@ -101,9 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 print(json.dumps(rows[-1]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    result = {"rows": rows, "config": config, "wall_s": round(time.perf_counter() - started, 1)}
-    (args.out / "results.json").write_text(json.dumps(result, indent=2, default=list) + "\n")
+    result = {"rows": rows, "config": vars(args), "wall_s": round(time.perf_counter() - started, 1)}
+    (args.out / "results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")  # paths as strings
     plot(rows, args.out / "guidance.png")
     print(f"wrote {args.out / 'results.json'} and {args.out / 'guidance.png'} in {result['wall_s']} s")
     return 0
