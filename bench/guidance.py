@@ -10,8 +10,10 @@ base with the subject's full attribute description (words alone) and the base wi
 draw the benchmark's four prompts with fixed seeds, scored by the project's judges. The chosen scale
 is recorded in the embedded base's embedded.json (`pretrain.embedded.World.guidance`).
 
-Writes OUT/results.json ({"rows": [{domain, row, steps, guidance, id_sim, context_acc}, ...]}) and
-OUT/guidance.png.
+Writes OUT/results.json ({"rows": [{domain, row, steps, guidance, id_sim, context_acc, id_sim_subjects,
+vs_base_scale}, ...]}) and OUT/guidance.png. `vs_base_scale` compares a row with the same row at the scale
+the base records (`Base.default_guidance`), when the grid holds it: the mean of the per-subject differences
+in id_sim and its standard error.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from e4t.tuner import personalize  # noqa: E402
 from evaluation import protocol  # noqa: E402
 from evaluation.harness import DomainRun, Row, draw_concept, load_embedded_world  # noqa: E402
+from evaluation.metrics import paired_difference  # noqa: E402
 from evaluation.references import class_word_images  # noqa: E402
 from shards.synth import described_caption  # noqa: E402
 
@@ -97,15 +100,26 @@ def main(argv: list[str] | None = None) -> int:
                         "guidance": scale,
                         "id_sim": scores["id_sim"],
                         "context_acc": scores["context_acc"],
+                        "id_sim_subjects": scorer.id_sim_by_subject(run, row),
                     }
                 )
                 print(json.dumps(rows[-1]), flush=True)
+    compare_with_scale(rows, base.default_guidance)
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"rows": rows, "config": vars(args), "wall_s": round(time.perf_counter() - started, 1)}
     (args.out / "results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")  # paths as strings
     plot(rows, args.out / "guidance.png")
     print(f"wrote {args.out / 'results.json'} and {args.out / 'guidance.png'} in {result['wall_s']} s")
     return 0
+
+
+def compare_with_scale(rows: list[dict], scale: float) -> None:
+    """Add `vs_base_scale` to each row whose (domain, row, steps) was also drawn at `scale`."""
+    at_scale = {(r["domain"], r["row"], r["steps"]): r for r in rows if r["guidance"] == scale}
+    for r in rows:
+        same = at_scale.get((r["domain"], r["row"], r["steps"]))
+        if same is not None:
+            r["vs_base_scale"] = paired_difference(r["id_sim_subjects"], same["id_sim_subjects"])
 
 
 def plot(rows: list[dict], path: Path) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from e4t.tuner import personalize  # noqa: E402
 from evaluation import protocol  # noqa: E402
 from evaluation.harness import DomainRun, Row, draw_concept, load_embedded_world  # noqa: E402
+from evaluation.metrics import paired_difference  # noqa: E402
 
 PROMPTS = (0, 4, 6, 7)  # as bench/fidelity_vs_time.py
 GRID = (
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                     row.tune_s.append(time.perf_counter() - start)
                     draw_concept(row, i, base, packs, concept, prompts, num_images=args.images, batch_size=args.images)
                 scores = scorer.score(run, row)
-                per_subject = [scorer.score(run, _subject_row(row, i))["id_sim"] for i in range(len(subjects))]
+                per_subject = scorer.id_sim_by_subject(run, row)
                 rows.append(
                     {
                         "domain": domain,
@@ -108,17 +108,6 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps({"rows": rows, "config": vars(args)}, indent=2, default=str))
     return 0
-
-
-def _subject_row(row: Row, subject: int) -> Row:
-    return Row(row.method, row.steps, row.domain, {k: v for k, v in row.groups.items() if k[0] == subject})
-
-
-def paired_difference(setting: list[float], shipped: list[float]) -> dict:
-    """Mean of per-subject differences (setting - shipped) and its standard error (None with one subject)."""
-    diffs = [a - b for a, b in zip(setting, shipped, strict=True)]
-    stderr = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None
-    return {"mean": round(statistics.fmean(diffs), 4), "stderr": None if stderr is None else round(stderr, 4)}
 
 
 if __name__ == "__main__":

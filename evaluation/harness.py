@@ -336,6 +336,15 @@ class Scorer:
             out["drift_toward_subject"] = sum(d["toward_subject"] for d in row.drift) / len(row.drift)
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}
 
+    def id_sim_by_subject(self, run: DomainRun, row: Row) -> list[float]:
+        """id_sim of each subject of `run` on its own, in subject order (4 decimals, as `score`)."""
+        keys = sorted(row.groups)
+        emb = self.identity.embed([im for k in keys for im in row.groups[k]]).split([len(row.groups[k]) for k in keys])
+        by_subject: dict[int, list] = {}
+        for e, (i, _) in zip(emb, keys, strict=True):
+            by_subject.setdefault(i, []).append((e, self._ref(run, i, "id")))
+        return [round(metrics.fidelity(by_subject[i]), 4) for i in range(len(run.subjects))]
+
 
 def evaluate(
     out: str | Path,

@@ -6,6 +6,7 @@ prompt's context, and their pairwise spread is the diversity of that prompt.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -22,6 +23,14 @@ def fidelity(groups: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> float:
     if not groups:
         raise ValueError("expected at least one (generated, reference) group but got none")
     return sum(mean_cosine(gen, ref) for gen, ref in groups) / len(groups)
+
+
+def paired_difference(scores: Sequence[float], baseline: Sequence[float]) -> dict:
+    """Mean of the per-subject differences (scores - baseline) on the same subjects and seeds, and its
+    standard error (None with one subject): whether a gain is larger than what changes between subjects."""
+    diffs = [a - b for a, b in zip(scores, baseline, strict=True)]
+    stderr = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None
+    return {"mean": round(statistics.fmean(diffs), 4), "stderr": None if stderr is None else round(stderr, 4)}
 
 
 def diversity(groups: Sequence[torch.Tensor]) -> float | None:

@@ -141,6 +141,9 @@ def test_metric_functions():
     assert metrics.context_accuracy(preds, [{"background": "beach"}, {"medium": "photo"}]) == 0.5
     assert metrics.context_accuracy(preds, [{}, {}]) is None
     assert metrics.text_alignment(e, e) == pytest.approx(1.0)
+    # gains of 0.1 and 0.3 over the baseline's subjects: mean 0.2, standard error 0.2 / 2 (stdev / sqrt(n))
+    assert metrics.paired_difference([0.5, 0.7], [0.4, 0.4]) == {"mean": 0.2, "stderr": 0.1}
+    assert metrics.paired_difference([0.5], [0.4]) == {"mean": 0.1, "stderr": None}
 
 
 def test_clear_errors(tiny_base_dir, tiny_pack_path, tmp_path, capsys):
