@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                     word.groups[i, p.index] = plain
             scored += [(WORDS, None, words), (CLASS_WORD, None, word)]
             for name, k, row in scored:
-                scores = scorer.score(run, row)
+                scores = scorer.score(run, row, by_subject=True)
                 rows.append(
                     {
                         "domain": domain,
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                         "guidance": scale,
                         "id_sim": scores["id_sim"],
                         "context_acc": scores["context_acc"],
-                        "id_sim_subjects": scorer.id_sim_by_subject(run, row),
+                        "id_sim_subjects": scores["id_sim_subjects"],
                     }
                 )
                 print(json.dumps(rows[-1]), flush=True)

@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                     concept = personalize(base, pack, image, steps=k, seed=0)
                     row.tune_s.append(time.perf_counter() - start)
                     draw_concept(row, i, base, packs, concept, prompts, num_images=args.images, batch_size=args.images)
-                scores = scorer.score(run, row)
-                per_subject = scorer.id_sim_by_subject(run, row)
+                scores = scorer.score(run, row, by_subject=True)
+                per_subject = scores["id_sim_subjects"]
                 rows.append(
                     {
                         "domain": domain,

@@ -297,7 +297,8 @@ class Scorer:
             "dino": lambda x: self.dino.embed_images(x),
         }[which](images)
 
-    def score(self, run: DomainRun, row: Row) -> dict:
+    def score(self, run: DomainRun, row: Row, *, by_subject: bool = False) -> dict:
+        """The row's metrics; `by_subject` adds `id_sim_subjects`: each subject's id_sim on its own, in order."""
         keys = sorted(row.groups)
         images = [im for k in keys for im in row.groups[k]]
         sizes = [len(row.groups[k]) for k in keys]
@@ -311,7 +312,13 @@ class Scorer:
         ]
         out: dict = {"method": row.method, "steps": row.steps, "domain": run.domain}
         emb = self.identity.embed(images).split(sizes)
-        out["id_sim"] = metrics.fidelity([(e, self._ref(run, k[0], "id")) for e, k in zip(emb, keys, strict=True)])
+        pairs = [(e, self._ref(run, k[0], "id")) for e, k in zip(emb, keys, strict=True)]
+        out["id_sim"] = metrics.fidelity(pairs)
+        if by_subject:
+            out["id_sim_subjects"] = [
+                round(metrics.fidelity([pair for pair, k in zip(pairs, keys, strict=True) if k[0] == i]), 4)
+                for i in range(len(run.subjects))
+            ]
         out["context_acc"] = metrics.context_accuracy(self.context.predict(images), named)
         out["diversity"] = metrics.diversity(emb)
         if self.clip is not None:
@@ -335,15 +342,6 @@ class Scorer:
             out["drift"] = sum(d["drift"] for d in row.drift) / len(row.drift)
             out["drift_toward_subject"] = sum(d["toward_subject"] for d in row.drift) / len(row.drift)
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}
-
-    def id_sim_by_subject(self, run: DomainRun, row: Row) -> list[float]:
-        """id_sim of each subject of `run` on its own, in subject order (4 decimals, as `score`)."""
-        keys = sorted(row.groups)
-        emb = self.identity.embed([im for k in keys for im in row.groups[k]]).split([len(row.groups[k]) for k in keys])
-        by_subject: dict[int, list] = {}
-        for e, (i, _) in zip(emb, keys, strict=True):
-            by_subject.setdefault(i, []).append((e, self._ref(run, i, "id")))
-        return [round(metrics.fidelity(by_subject[i]), 4) for i in range(len(run.subjects))]
 
 
 def evaluate(
