@@ -268,21 +268,6 @@ class ContextJudge(_JudgeFile, nn.Module):
         hits = [all(p[k] == v for k, v in contexts[i].items()) for p, i in zip(preds, named, strict=True)]
         return sum(hits) / len(hits)
 
-    def prompt_context(self, prompt: str) -> dict[str, str]:
-        """The labels a prompt names, from the caption phrases in the vocabulary ("... on the beach")."""
-        text = f" {prompt.lower()} "
-        out = {}
-        for kind in CONTEXT_KINDS:
-            # longest phrase first, so "a photo of" never shadows a longer phrase that contains it
-            found = sorted(
-                ((p, lab) for lab, p in self.vocab.phrases.get(kind, {}).items() if p.strip()), key=lambda t: -len(t[0])
-            )
-            for phrase, label in found:
-                if phrase.lower().strip() in text:
-                    out[kind] = label
-                    break
-        return out
-
     @property
     def config(self) -> dict:
         return {**self.info, "arch": self.arch.to_json(), "vocab": self.vocab.to_json()}

@@ -52,20 +52,6 @@ def crop(image: Image.Image, box: tuple[float, float, float, float]) -> Image.Im
     return image.crop((round(left * w), round(top * h), round(right * w), round(bottom * h)))
 
 
-def side_by_side(
-    left: Image.Image, right: Image.Image, size: int, fill: tuple[int, int, int] | None = None
-) -> Image.Image:
-    """Two single-subject images at half size in the layout `CROPS` expects: a reference for the scorer.
-
-    The canvas takes the colour of `left`'s top-left pixel unless `fill` is given.
-    """
-    half = size // 2
-    canvas = Image.new("RGB", (size, size), fill or left.convert("RGB").getpixel((0, 0)))
-    for image, x in ((left, 0), (right, half)):
-        canvas.paste(image.convert("RGB").resize((half, half), Image.Resampling.LANCZOS), (x, (size - half) // 2))
-    return canvas
-
-
 def assign_crops(similarity: torch.Tensor) -> tuple[int, ...]:
     """Crop index per concept: each crop at most once, largest total similarity (ties: the first found).
 

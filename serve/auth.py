@@ -104,10 +104,6 @@ class TokenAuth:
                     pass
         return self._entries
 
-    @property
-    def tenants(self) -> set[str]:
-        return {e["tenant"] for e in self._current().values()}
-
     def tenant_of(self, token: str) -> str:
         """The tenant of `token`; Unauthenticated (with no hint of which part is wrong) otherwise."""
         parts = token.split("_", 2)

@@ -62,11 +62,6 @@ class ServerState:
 _states: weakref.WeakKeyDictionary[grpc.Server, ServerState] = weakref.WeakKeyDictionary()
 
 
-def server_state(server: grpc.Server) -> ServerState:
-    """The state of a server made by `create_server`."""
-    return _states[server]
-
-
 def _check_store(state: ServerState) -> None:
     """SERVING only while the models are loaded AND the concept store answers."""
     engine = state.engine

@@ -89,16 +89,6 @@ def test_context_accuracy_errors(judges):
         ctx.context_accuracy(_images(1), [{}])
 
 
-def test_prompt_context_reads_caption_phrases(judges):
-    ctx = load_judges(judges).context
-    assert ctx.prompt_context("a sketch of {c_1a2b3c} on the beach wearing a hat") == {
-        "background": "beach",
-        "medium": "sketch",
-        "accessory": "hat",
-    }
-    assert ctx.prompt_context("{c_1a2b3c}") == {}
-
-
 def test_load_errors(judges, tmp_path):
     with pytest.raises(NotFound, match="does not exist"):
         load_judges(tmp_path)

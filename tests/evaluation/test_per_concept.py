@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
+from PIL import Image
 
 from e4t.judges import load_judges
 from evaluation import protocol
-from evaluation.per_concept import CROPS, assign_crops, score_concepts, side_by_side
+from evaluation.per_concept import CROPS, assign_crops, score_concepts
+
+
+def side_by_side(left: Image.Image, right: Image.Image, size: int) -> Image.Image:
+    """Two single-subject images at half size in the layout `CROPS` expects, on `left`'s background colour."""
+    half = size // 2
+    canvas = Image.new("RGB", (size, size), left.convert("RGB").getpixel((0, 0)))
+    for image, x in ((left, 0), (right, half)):
+        canvas.paste(image.convert("RGB").resize((half, half), Image.Resampling.LANCZOS), (x, (size - half) // 2))
+    return canvas
 
 
 @pytest.fixture(scope="module")
