@@ -38,6 +38,19 @@ def add_suffixes(prompt: str, suffixes: Mapping[str, str]) -> str:
     return prompt
 
 
+def class_word_prompt(prompt: str, class_words: Mapping[str, str], suffixes: Mapping[str, str]) -> str:
+    """`prompt` with each named concept (and the suffix a prompt may already give it) replaced by "a <class word>".
+
+    "a photo of {c_1a2b3c4d5e6f} on the beach" -> "a photo of a face on the beach": the same scene
+    without the subject's identity, which identity guidance (`e4t.generate`) steers away from.
+    """
+    for name, word in class_words.items():
+        suffix = suffixes.get(name, "")
+        after = r"(?:\s+" + re.escape(suffix) + r"\b)?" if suffix else ""
+        prompt = re.sub(r"\{" + re.escape(name) + r"\}" + after, lambda m, w=word: f"a {w}", prompt)
+    return prompt
+
+
 def tokenize_with_slots(tokenizer, prompt: str, slot_token_id: int) -> tuple[list[int], list[tuple[int, str]]]:
     """Token ids of `prompt` padded to the tokenizer's length, with one placeholder per braced name.
 

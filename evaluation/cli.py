@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="classifier-free guidance scale (default: the base's; 3 for the embedded base, 7.5 for Stable Diffusion)",
     )
+    p.add_argument(
+        "--identity-guidance",
+        type=float,
+        default=None,
+        help="identity guidance for every concept's images, of every method (default: off; README, Identity guidance)",
+    )
     p.add_argument("--seed", type=int, default=None, help="tuning seed; generation seeds derive from it (default: 0)")
     p.add_argument("--grid-images", type=int, default=None, help="images per cell of the report's grids (default: 1)")
     p.add_argument(
@@ -120,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         "images_per_prompt": args.images,
         "denoise_steps": args.denoise_steps,
         "guidance": args.guidance,
+        "identity_guidance": args.identity_guidance,
         "seed": args.seed,
         "grid_images": args.grid_images,
         "combined_pairs": args.combined_pairs,

@@ -43,6 +43,7 @@ class CombinedConfig:
     references: int = 4
     denoise_steps: int = 25
     guidance: float | None = None  # None: the base's default
+    identity_guidance: float | None = None  # None: off (e4t.generate)
     seed: int = 0
     quick: bool = False  # the protocol's 2 quick prompts
 
@@ -79,9 +80,12 @@ def name_pair(prompt: Prompt, a: str, b: str) -> str:
 
 
 def _images(base: Base, packs, concepts: Mapping[str, Concept], text: str, seed: int, config, rule: str):
-    prepared = prepare_prompt(base, packs, concepts, text, rule=rule)
+    identity = config.identity_guidance
+    prepared = prepare_prompt(base, packs, concepts, text, rule=rule, identity=identity is not None)
     samples = [(prepared, seed + k) for k in range(config.images_per_prompt)]
-    return generate_samples(base, samples, steps=config.denoise_steps, guidance=config.guidance)
+    return generate_samples(
+        base, samples, steps=config.denoise_steps, guidance=config.guidance, identity_guidance=identity
+    )
 
 
 def run_combined(

@@ -84,6 +84,7 @@ class EvalConfig:
     references: int = 4  # reference views per subject for the fidelity metrics
     denoise_steps: int = 25
     guidance: float | None = None  # None: the base's default (`Base.default_guidance`)
+    identity_guidance: float | None = None  # every concept's images, any method (e4t.generate); None: off
     seed: int = 0  # tuning seed; generation seeds derive from it (protocol.generation_seed)
     quick: bool = False  # 2 prompts per domain
     domains: tuple[str, ...] | None = None  # None: every loaded domain, the main one ("faces") first
@@ -157,6 +158,7 @@ def combined_config(config: EvalConfig) -> CombinedConfig:
         references=config.references,
         denoise_steps=config.denoise_steps,
         guidance=config.guidance,
+        identity_guidance=config.identity_guidance,
         seed=config.seed,
         quick=config.quick,
     )
@@ -224,7 +226,13 @@ def run_domain(
     inputs = [protocol.input_image(s, size) for s in subjects]
     masks = [protocol.input_mask(s, size) for s in subjects]  # the subject's exact mask, for scene tuners
     references = [protocol.reference_images(s, config.references, size) for s in subjects]
-    gen = dict(num_images=n, steps=config.denoise_steps, guidance=config.guidance, batch_size=n)
+    gen = dict(
+        num_images=n,
+        steps=config.denoise_steps,
+        guidance=config.guidance,
+        identity_guidance=config.identity_guidance,
+        batch_size=n,
+    )
     work = len(prompt_list) * (1 + len(subjects) * (2 + len(config.steps) + len(config.baselines)))
     bar = tqdm(total=work, desc=f"eval {domain}", unit="prompt", disable=not progress)
 

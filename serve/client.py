@@ -270,8 +270,10 @@ class E4TClient:
         steps: int = 25,
         guidance: float | None = None,
         seed: int = 0,
+        identity_guidance: float | None = None,
     ) -> Iterator[tuple[int, int, Image.Image]]:
-        """Yields (index, seed, image) as each image is done. `guidance=None` leaves it to the server's base."""
+        """Yields (index, seed, image) as each image is done. `guidance=None` leaves it to the server's base;
+        `identity_guidance=None` is plain classifier-free guidance."""
         request = pb2.GenerateRequest(
             prompt=prompt,
             negative_prompt=negative_prompt,
@@ -279,6 +281,7 @@ class E4TClient:
             steps=steps,
             guidance=guidance,
             seed=seed,
+            identity_guidance=identity_guidance,
         )
         for reply in self.stub.Generate(request, timeout=self.timeout):
             image = Image.open(io.BytesIO(reply.png))

@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", type=int, default=25)
     gen.add_argument("--guidance", type=float, default=None, help="default: the server's base's (3 embedded, 7.5 SD)")
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--identity-guidance", type=float, default=None, help="identity guidance scale (default: off)")
 
     lst = sub.add_parser("list", help="list stored concepts as JSON lines")
     lst.add_argument("--domain", default="")
@@ -194,6 +195,7 @@ def _run(args: argparse.Namespace) -> int:
                 steps=args.steps,
                 guidance=args.guidance,
                 seed=args.seed,
+                identity_guidance=args.identity_guidance,
             )
             for index, seed, image in tqdm(images, total=args.num_images, desc="generate", unit="image"):
                 path = args.out / f"{index:02d}-seed{seed}.png"

@@ -168,10 +168,11 @@ class GenerateSpec:
     guidance: float
     seed: int
     concepts: dict[str, Concept]
+    identity_guidance: float | None = None
 
     @property
-    def batch_key(self) -> tuple[int, float]:
-        return (self.steps, self.guidance)  # one scheduler and one guidance scale per batch
+    def batch_key(self) -> tuple[int, float, float | None]:
+        return (self.steps, self.guidance, self.identity_guidance)  # one scheduler and one guidance rule per batch
 
 
 def concept_bytes(concept: Concept) -> int:
@@ -349,7 +350,10 @@ class Engine:
             spec = job.spec
             try:
                 job.check()
-                prepared = prepare_prompt(self.base, self.packs, spec.concepts, spec.prompt, spec.negative_prompt)
+                identity = spec.identity_guidance is not None
+                prepared = prepare_prompt(
+                    self.base, self.packs, spec.concepts, spec.prompt, spec.negative_prompt, identity=identity
+                )
             except BaseException as e:
                 if not isinstance(e, (InvalidInput, NotFound, Cancelled)):
                     logger.exception("generate job failed")
@@ -357,7 +361,7 @@ class Engine:
                 continue
             samples += [(job, index, prepared) for index in range(spec.num_images)]
 
-        steps, guidance = jobs[0].spec.batch_key
+        steps, guidance, identity_guidance = jobs[0].spec.batch_key
         for start in range(0, len(samples), self.max_batch):
             chunk = [s for s in samples[start : start + self.max_batch] if id(s[0]) not in failed]
             live = [s for s in chunk if not s[0].should_stop()]
@@ -371,6 +375,7 @@ class Engine:
                     [(prepared, job.spec.seed + index) for job, index, prepared in live],
                     steps=steps,
                     guidance=guidance,
+                    identity_guidance=identity_guidance,
                     should_stop=lambda live=live: all(job.should_stop() for job, _, _ in live),
                 )
             except BaseException as e:  # one bad batch fails its requests, never the worker
@@ -616,6 +621,7 @@ class Engine:
         guidance: float | None = None,
         seed: int | None = None,
         *,
+        identity_guidance: float | None = None,
         timeout: float | None = None,
     ) -> Job:
         """Validates and queues a generation; its events are ("image", (index, seed, PIL.Image))."""
@@ -630,6 +636,10 @@ class Engine:
         check_range("guidance", guidance, 0.0, limits.max_guidance)
         check_range("seed", seed, 0, limits.max_seed)
         concept_ids = e4t.find_concept_ids(prompt)
+        if identity_guidance is not None:
+            check_range("identity_guidance", identity_guidance, 0.0, limits.max_guidance)
+            if not concept_ids:
+                raise InvalidInput("`identity_guidance` needs a prompt that names a concept")
         negative_ids = e4t.find_concept_ids(negative_prompt)
         with self._tokenizer_lock:
             check_prompt(prompt, limits, tokenizer=self._tokenizer, concept_ids=concept_ids)
@@ -650,7 +660,8 @@ class Engine:
         check_combination(self.base, self.packs, list(concepts.values()))  # a bad combination fails before queueing
 
         # 3. generate on the worker, batched with other requests; images stream back as each batch is done
-        spec = GenerateSpec(prompt, negative_prompt, num_images, steps, float(guidance), seed, concepts)
+        identity = None if identity_guidance is None else float(identity_guidance)
+        spec = GenerateSpec(prompt, negative_prompt, num_images, steps, float(guidance), seed, concepts, identity)
         deadline = None if timeout is None else time.monotonic() + timeout
         return self._submit(Job("generate", self._unbatched, deadline, spec=spec))
 
@@ -676,10 +687,20 @@ class Engine:
         seed: int | None = None,
         on_image: Callable[[int, int, Image.Image], None] | None = None,
         *,
+        identity_guidance: float | None = None,
         timeout: float | None = None,
     ) -> list[tuple[int, int, Image.Image]]:
         """Blocking form of `submit_generate`; returns [(index, seed, image)], `on_image` sees each as it is done."""
-        job = self.submit_generate(prompt, negative_prompt, num_images, steps, guidance, seed, timeout=timeout)
+        job = self.submit_generate(
+            prompt,
+            negative_prompt,
+            num_images,
+            steps,
+            guidance,
+            seed,
+            identity_guidance=identity_guidance,
+            timeout=timeout,
+        )
         results: list[tuple[int, int, Image.Image]] = []
 
         def collect(kind: str, payload: tuple[int, int, Image.Image]) -> None:

@@ -360,6 +360,7 @@ class E4TServicer(pb2_grpc.E4TServicer):
             _optional(request, "steps"),
             _optional(request, "guidance"),
             _optional(request, "seed"),
+            identity_guidance=_optional(request, "identity_guidance"),
             timeout=self._timeout(context),
         )
         submitted = time.monotonic()

@@ -91,6 +91,20 @@ def test_generate_and_the_batched_path_agree_on_a_combined_prompt(world):
         assert generate_samples(base, [(prepare_prompt(base, packs, by_id, prompt, rule=rule), 3)], steps=1)
 
 
+def test_identity_guidance_agrees_batched_and_alone_and_reads_each_concept_as_its_class_word(world):
+    base, packs, c = world
+    by_id = {x.id: x for x in c.values()}
+    prompt = named(c, "a photo of {face} next to {db} on the beach")  # DreamBooth's "cat" suffix goes with it
+    prepared = prepare_prompt(base, packs, by_id, prompt, identity=True)
+    classes = prepare_prompt(base, packs, {}, "a photo of a face next to a cat on the beach")
+    assert torch.equal(prepared.class_embeds, classes.prompt_embeds)
+    alone = generate(base, packs, by_id, prompt, num_images=1, steps=2, seed=3, guidance=3.0, identity_guidance=6.0)
+    batched = generate_samples(base, [(prepared, 3)], steps=2, guidance=3.0, identity_guidance=6.0)[0]
+    assert np.abs(np.asarray(alone[0], float) - np.asarray(batched, float)).max() <= 2
+    with pytest.raises(ValueError, match="identity=True"):
+        generate_samples(base, [(prepare_prompt(base, packs, by_id, prompt), 3)], steps=1, identity_guidance=6.0)
+
+
 def test_combination_rules_in_weight_space(world):
     base, packs, c = world
     tuned = offsets_of(packs, [c["face"], c["face2"], c["cat"]])

@@ -3,7 +3,7 @@ import torch
 
 from e4t import load_base
 from e4t.errors import InvalidInput
-from e4t.prompts import encode_prompts, find_concept_ids, tokenize_with_slots, word_embedding
+from e4t.prompts import class_word_prompt, encode_prompts, find_concept_ids, tokenize_with_slots, word_embedding
 
 
 @pytest.fixture(scope="module")
@@ -17,6 +17,16 @@ def test_find_concept_ids_in_order_without_repeats():
         "c_ffffffffffff",
     ]
     assert find_concept_ids("a photo of a face") == []
+
+
+def test_class_word_prompt_replaces_each_concept_and_its_suffix():
+    a, b = "c_0123456789ab", "c_ba9876543210"
+    words = {a: "face", b: "cat"}
+    assert class_word_prompt(f"a photo of {{{a}}} on the beach", words, {}) == "a photo of a face on the beach"
+    # a DreamBooth concept's suffix goes with it, whether the prompt spells it out or not
+    assert class_word_prompt(f"{{{a}}} face next to {{{b}}}", words, {a: "face"}) == "a face next to a cat"
+    assert class_word_prompt(f"{{{a}}} next to {{{b}}}", words, {a: "face"}) == "a face next to a cat"
+    assert class_word_prompt(f"{{{a}}} faces", words, {a: "face"}) == "a face faces"  # a word, not a prefix
 
 
 def test_encoding_matches_the_stock_text_encoder(base):

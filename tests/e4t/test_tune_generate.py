@@ -59,6 +59,29 @@ def test_generation_is_deterministic_and_uses_the_concept(world):
     assert not np.array_equal(np.asarray(images[0]), np.asarray(plain[0]))
 
 
+def test_identity_guidance_at_the_prompt_scale_is_plain_guidance_and_above_it_moves_the_image(world):
+    base, pack = world
+    concept = personalize(base, pack, face_image(), steps=2)
+    packs, concepts = {"faces": pack}, {concept.id: concept}
+    prompt = f"a photo of {{{concept.id}}} on the beach"
+
+    def draw(**kw) -> np.ndarray:
+        return np.asarray(generate(base, packs, concepts, prompt, num_images=2, steps=3, batch_size=2, **kw)[1], float)
+
+    plain = draw(guidance=3.0)
+    # u + 3 (c - u) + 3 (s - c) is u + 3 (s - u): the three-way loop reproduces the pipeline's images
+    same = np.abs(draw(guidance=3.0, identity_guidance=3.0) - plain)
+    assert same.max() <= 2
+    moved = np.abs(draw(guidance=3.0, identity_guidance=6.0) - plain)
+    assert moved.max() > 5 and moved.mean() > 0.5  # 9 and 0.96 on the tiny base: ignoring it would give 0
+    with pytest.raises(InvalidInput, match="names a concept"):
+        generate(base, packs, {}, "a photo of a face", num_images=1, steps=1, identity_guidance=5.0)
+    with pytest.raises(InvalidInput, match="identity_guidance"):
+        generate(base, packs, concepts, prompt, num_images=1, steps=1, identity_guidance=-1.0)
+    with pytest.raises(Cancelled):
+        generate(base, packs, concepts, prompt, num_images=1, steps=2, identity_guidance=5.0, should_stop=lambda: True)
+
+
 def test_two_concepts_in_one_prompt(world):
     base, pack = world
     a = personalize(base, pack, face_image(0), steps=1)

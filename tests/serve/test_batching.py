@@ -179,3 +179,22 @@ def test_a_request_without_guidance_draws_at_the_bases_default(world):
     }
     assert np.abs(_pixels(image) - at[2.0]).max() <= 1
     assert np.abs(at[7.5] - at[2.0]).max() > 8  # the scale shows in the pixels, so the check above can fail
+
+
+def test_identity_guided_requests_batch_apart_from_plain_ones_and_equal_generate(world):
+    base, packs, store, concepts = world
+    prompts = [f"a photo of {{{c.id}}} on the beach" for c in concepts[:2]]
+    requests = [dict(prompt=p, num_images=1, steps=STEPS, guidance=3.0, seed=4) for p in prompts]
+    requests += [dict(r, identity_guidance=6.0) for r in requests]
+    engine = Engine(base, packs, store, max_batch=8, batch_wait_ms=2000)
+    try:
+        results = _run_together(engine, requests)
+    finally:
+        engine.close(10)
+    assert engine.batch_sizes == {2: 2}  # one batch per guidance rule
+    by_id = {c.id: c for c in concepts}
+    for r, [(_, _, image)] in zip(requests, results):
+        gen = {k: v for k, v in r.items() if k != "prompt"}
+        ref = e4t.generate(base, packs, by_id, r["prompt"], **gen)[0]
+        assert np.abs(_pixels(image) - _pixels(ref)).max() <= 1
+    assert np.abs(_pixels(results[2][0][2]) - _pixels(results[0][0][2])).max() > 8  # the rule shows in the pixels

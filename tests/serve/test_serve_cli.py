@@ -31,6 +31,10 @@ def test_client_cli_round_trip(served, png, tmp_path, capsys):
                             "--steps", "1", "--seed", "4"]) == 0  # fmt: skip
     assert sorted(p.name for p in out.iterdir()) == ["00-seed4.png", "01-seed5.png"]
     assert Image.open(out / "00-seed4.png").format == "PNG"
+    guided = tmp_path / "guided"
+    assert client_cli.main([*address, "generate", "--prompt", prompt, "--out", str(guided), "--num-images", "1",
+                            "--steps", "1", "--seed", "4", "--identity-guidance", "6"]) == 0  # fmt: skip
+    assert Image.open(guided / "00-seed4.png").tobytes() != Image.open(out / "00-seed4.png").tobytes()
     capsys.readouterr()
 
     assert client_cli.main([*address, "list", "--domain", "faces"]) == 0

@@ -3,6 +3,7 @@
 import io
 
 import grpc
+import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from PIL import Image
@@ -61,6 +62,13 @@ def test_personalize_generate_get_list_delete(served, png):
     assert [(i, s) for i, s, _ in images] == [(0, 7), (1, 8)]
     for _, _, image in images:
         assert image.format == "PNG" and image.mode == "RGB" and min(image.size) > 0
+    # identity guidance reaches the server: at the prompt's scale it is plain guidance, above it another image
+    prompt = f"a photo of {{{concept['id']}}} on the beach"
+    draw = dict(num_images=1, steps=2, seed=7, guidance=3.0)
+    (_, _, plain), *_ = client.generate(prompt, **draw)
+    for identity, same in ((3.0, True), (6.0, False)):
+        (_, _, image), *_ = client.generate(prompt, **draw, identity_guidance=identity)
+        assert (np.abs(np.asarray(image, float) - np.asarray(plain, float)).max() <= 2) == same, identity
 
     assert client.get_concept(concept["id"]) == concept
     ids = [c["id"] for c in client.list_concepts(page_size=1)]

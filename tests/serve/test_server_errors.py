@@ -76,6 +76,8 @@ GENERATE_CASES = {
     "guidance 31": (dict(guidance=31.0), INVALID, "`guidance` has to be in [0.0, 30.0]"),
     "guidance -1": (dict(guidance=-1.0), INVALID, "`guidance`"),
     "seed 2**32": (dict(seed=2**32), INVALID, "`seed`"),
+    "identity guidance 31": (dict(identity_guidance=31.0), INVALID, "`identity_guidance` has to be in [0.0, 30.0]"),
+    "identity guidance, no concept": (dict(identity_guidance=6.0), INVALID, "needs a prompt that names a concept"),
     "unknown concept": (dict(prompt="a photo of {c_000000000000}"), NOT_FOUND, "c_000000000000 does not exist"),
     "malformed concept": (dict(prompt="a photo of {bob}"), NOT_FOUND, "{bob}"),
 }
