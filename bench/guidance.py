@@ -189,7 +189,7 @@ def plot_identity(rows: list[dict], path: Path) -> None:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"E4T, {k} steps, guidance {scale:g}")
             if metric == "context_acc":
                 ax.set_ylim(0.5, 1.02)
-            ax.set_xlabel("identity-guidance scale (= guidance: plain classifier-free guidance)")
+            ax.set_xlabel("identity-guidance scale (at the guidance scale: plain guidance)")
             ax.set_ylabel(metric)
             ax.set_title(f"{domain}: {metric}")
             ax.grid(alpha=0.3)
