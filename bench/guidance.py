@@ -134,29 +134,24 @@ def compare_with_scale(rows: list[dict], scale: float) -> None:
             r["vs_base_scale"] = paired_difference(r["id_sim_subjects"], same["id_sim_subjects"])
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    """id_sim and context accuracy against the guidance scale, one panel pair per domain."""
+def _domains(rows: list[dict]) -> list[str]:
+    return sorted({r["domain"] for r in rows}, key=lambda d: (d != "faces", d))
+
+
+def _figure(domains: list[str], path: Path, xlabel: str, draw) -> None:
+    """An id_sim and a context-accuracy panel per domain; `draw(ax, domain, metric)` plots their lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in rows if r["identity_guidance"] is None]
-    domains = sorted({r["domain"] for r in rows}, key=lambda d: (d != "faces", d))
-    lines = sorted({(r["row"], r["steps"]) for r in rows}, key=lambda x: (x[0] != "e4t", x[0], x[1] or 0))
     fig, axes = plt.subplots(len(domains), 2, figsize=(10, 3.6 * len(domains)), squeeze=False)
     for row_axes, domain in zip(axes, domains, strict=True):
         for ax, metric in zip(row_axes, ("id_sim", "context_acc"), strict=True):
-            for name, k in lines:
-                pts = sorted(
-                    (r["guidance"], r[metric]) for r in rows if (r["domain"], r["row"], r["steps"]) == (domain, name, k)
-                )
-                label = f"E4T, {k} steps" if name == "e4t" else name
-                style = "o-" if name == "e4t" else "s--"
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label)
+            draw(ax, domain, metric)
             if metric == "context_acc":  # near 1 throughout: a tight axis would magnify one miss out of 32
                 ax.set_ylim(0.5, 1.02)
-            ax.set_xlabel("classifier-free guidance scale")
+            ax.set_xlabel(xlabel)
             ax.set_ylabel(metric)
             ax.set_title(f"{domain}: {metric}")
             ax.grid(alpha=0.3)
@@ -164,39 +159,38 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """id_sim and context accuracy against the guidance scale (rows without identity guidance)."""
+    rows = [r for r in rows if r["identity_guidance"] is None]
+    lines = sorted({(r["row"], r["steps"]) for r in rows}, key=lambda x: (x[0] != "e4t", x[0], x[1] or 0))
+
+    def draw(ax, domain: str, metric: str) -> None:
+        for name, k in lines:
+            pts = sorted(
+                (r["guidance"], r[metric]) for r in rows if (r["domain"], r["row"], r["steps"]) == (domain, name, k)
+            )
+            label = f"E4T, {k} steps" if name == "e4t" else name
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if name == "e4t" else "s--", label=label)
+
+    _figure(_domains(rows), path, "classifier-free guidance scale", draw)
 
 
 def plot_identity(rows: list[dict], path: Path) -> None:
     """E4T's id_sim and context accuracy against the identity-guidance scale, one line per guidance scale and
     step count; plain guidance at scale w is the point at identity scale w (u + w (c - u) + w (s - c))."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     e4t = [r for r in rows if r["row"] == "e4t"]
-    domains = sorted({r["domain"] for r in e4t}, key=lambda d: (d != "faces", d))
-    fig, axes = plt.subplots(len(domains), 2, figsize=(10, 3.6 * len(domains)), squeeze=False)
-    for row_axes, domain in zip(axes, domains, strict=True):
+
+    def draw(ax, domain: str, metric: str) -> None:
         mine = [r for r in e4t if r["domain"] == domain]
-        for ax, metric in zip(row_axes, ("id_sim", "context_acc"), strict=True):
-            for scale, k in sorted({(r["guidance"], r["steps"]) for r in mine}):
-                pts = sorted(
-                    (r["identity_guidance"] or scale, r[metric])
-                    for r in mine
-                    if (r["guidance"], r["steps"]) == (scale, k)
-                )
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"E4T, {k} steps, guidance {scale:g}")
-            if metric == "context_acc":
-                ax.set_ylim(0.5, 1.02)
-            ax.set_xlabel("identity-guidance scale (at the guidance scale: plain guidance)")
-            ax.set_ylabel(metric)
-            ax.set_title(f"{domain}: {metric}")
-            ax.grid(alpha=0.3)
-        row_axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        for scale, k in sorted({(r["guidance"], r["steps"]) for r in mine}):
+            pts = sorted(
+                (r["identity_guidance"] or scale, r[metric]) for r in mine if (r["guidance"], r["steps"]) == (scale, k)
+            )
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"E4T, {k} steps, guidance {scale:g}")
+
+    _figure(_domains(e4t), path, "identity-guidance scale (at the guidance scale: plain guidance)", draw)
 
 
 if __name__ == "__main__":
