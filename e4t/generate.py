@@ -54,11 +54,7 @@ def generate(
         raise InvalidInput(f"`steps` must be at least 1, got {steps}")
     if batch_size < 1:
         raise InvalidInput(f"`batch_size` must be at least 1, got {batch_size}")
-    guidance = base.default_guidance if guidance is None else guidance
-    if guidance < 0:
-        raise InvalidInput(f"`guidance` must be non-negative, got {guidance}")
-    if identity_guidance is not None and identity_guidance < 0:
-        raise InvalidInput(f"`identity_guidance` must be non-negative, got {identity_guidance}")
+    guidance = _guidance_scale(base, guidance, identity_guidance)
 
     # 2-3. resolve the named concepts and encode the prompts with their embeddings spliced in
     identity = identity_guidance is not None
@@ -104,6 +100,16 @@ def generate(
         if tuned:
             unet.disable_adapters()
     return images
+
+
+def _guidance_scale(base: Base, guidance: float | None, identity_guidance: float | None) -> float:
+    """The guidance scale to draw at (the base's default when None), both scales checked."""
+    guidance = base.default_guidance if guidance is None else guidance
+    if guidance < 0:
+        raise InvalidInput(f"`guidance` must be non-negative, got {guidance}")
+    if identity_guidance is not None and identity_guidance < 0:
+        raise InvalidInput(f"`identity_guidance` must be non-negative, got {identity_guidance}")
+    return guidance
 
 
 @torch.no_grad()
@@ -219,11 +225,7 @@ def generate_samples(
         return []
     if steps < 1:
         raise InvalidInput(f"`steps` must be at least 1, got {steps}")
-    guidance = base.default_guidance if guidance is None else guidance
-    if guidance < 0:
-        raise InvalidInput(f"`guidance` must be non-negative, got {guidance}")
-    if identity_guidance is not None and identity_guidance < 0:
-        raise InvalidInput(f"`identity_guidance` must be non-negative, got {identity_guidance}")
+    guidance = _guidance_scale(base, guidance, identity_guidance)
     if identity_guidance is not None and any(p.class_embeds is None for p, _ in samples):
         raise ValueError("identity guidance needs every prompt prepared with identity=True")
 
