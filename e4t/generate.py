@@ -59,7 +59,6 @@ def generate(
     # 2-3. resolve the named concepts and encode the prompts with their embeddings spliced in
     identity = identity_guidance is not None
     prepared = prepare_prompt(base, packs, concepts, prompt, negative_prompt, identity=identity)
-    prompt_embeds, negative_embeds = prepared.prompt_embeds, prepared.negative_embeds
 
     # 4. activate the concepts' weight offsets, combined as `e4t.combine.RULE` says
     unet = base.unet
@@ -68,30 +67,16 @@ def generate(
         activate_offsets(unet, prepared.offset_config, [o for o, _ in tuned], weights=[w for _, w in tuned])
 
     # 5. denoise, a batch at a time, one seeded generator per image
-    def check_cancel(pipe, i, t, kwargs):
-        if should_stop is not None and should_stop():
-            raise Cancelled("generation was cancelled")
-        return kwargs
-
     images = []
     try:
         for start in range(0, num_images, batch_size):
             count = min(batch_size, num_images - start)
             generators = [torch.Generator(device="cpu").manual_seed(seed + start + k) for k in range(count)]
-            if not identity:
-                batch = base.pipe(
-                    prompt_embeds=prompt_embeds,
-                    negative_prompt_embeds=negative_embeds,
-                    num_images_per_prompt=count,
-                    num_inference_steps=steps,
-                    guidance_scale=guidance,
-                    generator=generators,
-                    output_type="pil",
-                    callback_on_step_end=check_cancel,
-                ).images
-            else:
-                embeds = [e.expand(count, -1, -1) for e in (negative_embeds, prepared.class_embeds, prompt_embeds)]
-                batch = _identity_guided(base, embeds, generators, steps, guidance, identity_guidance, should_stop)
+            embeds = [
+                None if e is None else e.expand(count, -1, -1)
+                for e in (prepared.negative_embeds, prepared.class_embeds, prepared.prompt_embeds)
+            ]
+            batch = _denoise(base, embeds, generators, steps, guidance, identity_guidance, should_stop)
             for k, image in enumerate(batch):
                 images.append(image)
                 if on_image is not None:
@@ -110,6 +95,38 @@ def _guidance_scale(base: Base, guidance: float | None, identity_guidance: float
     if identity_guidance is not None and identity_guidance < 0:
         raise InvalidInput(f"`identity_guidance` must be non-negative, got {identity_guidance}")
     return guidance
+
+
+def _denoise(
+    base: Base,
+    embeds: Sequence[torch.Tensor | None],
+    generators: list[torch.Generator],
+    steps: int,
+    guidance: float,
+    identity_guidance: float | None,
+    should_stop: Callable[[], bool] | None,
+) -> list[Image.Image]:
+    """One image per generator from `embeds`, the negative prompts', the class-word prompts' (identity guidance
+    only) and the prompts' encodings, [len(generators), L, D] each: the pipeline, or the three-way loop."""
+    if identity_guidance is not None:
+        return _identity_guided(base, embeds, generators, steps, guidance, identity_guidance, should_stop)
+
+    def check_cancel(pipe, i, t, kwargs):
+        if should_stop is not None and should_stop():
+            raise Cancelled("generation was cancelled")
+        return kwargs
+
+    negative, _, prompt = embeds
+    return base.pipe(
+        prompt_embeds=prompt,
+        negative_prompt_embeds=negative,
+        num_images_per_prompt=1,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        generator=generators,
+        output_type="pil",
+        callback_on_step_end=check_cancel,
+    ).images
 
 
 @torch.no_grad()
@@ -229,26 +246,11 @@ def generate_samples(
     if identity_guidance is not None and any(p.class_embeds is None for p, _ in samples):
         raise ValueError("identity guidance needs every prompt prepared with identity=True")
 
-    def check_cancel(pipe, i, t, kwargs):
-        if should_stop is not None and should_stop():
-            raise Cancelled("generation was cancelled")
-        return kwargs
-
-    prompt_embeds = torch.cat([p.prompt_embeds for p, _ in samples])
-    negative_embeds = torch.cat([p.negative_embeds for p, _ in samples])
+    embeds = [
+        torch.cat([p.negative_embeds for p, _ in samples]),
+        torch.cat([p.class_embeds for p, _ in samples]) if identity_guidance is not None else None,
+        torch.cat([p.prompt_embeds for p, _ in samples]),
+    ]
     generators = [torch.Generator(device="cpu").manual_seed(seed) for _, seed in samples]
     with per_sample_offsets(base.unet, [p.offsets for p, _ in samples]):
-        if identity_guidance is not None:
-            class_embeds = torch.cat([p.class_embeds for p, _ in samples])
-            embeds = (negative_embeds, class_embeds, prompt_embeds)
-            return _identity_guided(base, embeds, generators, steps, guidance, identity_guidance, should_stop)
-        return base.pipe(
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_embeds,
-            num_images_per_prompt=1,
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            generator=generators,
-            output_type="pil",
-            callback_on_step_end=check_cancel,
-        ).images
+        return _denoise(base, embeds, generators, steps, guidance, identity_guidance, should_stop)
